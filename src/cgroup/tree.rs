@@ -1,0 +1,211 @@
+//! Job cgroup directories: create (never reuse), list processes, remove (EBUSY retry).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{self, CgroupFsError};
+
+/// One cgroup directory of the cgroup2 hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// A handle on an existing cgroup directory (nothing is checked).
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Cgroup { path: path.into() }
+    }
+
+    /// Create `parent/name`. An existing directory is an error (`EEXIST`), never reused: another
+    /// job's processes could be in it.
+    pub fn create_new(parent: &Path, name: &str) -> Result<Self, CgroupFsError> {
+        let path = parent.join(name);
+        std::fs::create_dir(&path).map_err(|e| CgroupFsError::new("create cgroup", &path, e))?;
+        Ok(Cgroup { path })
+    }
+
+    /// Create a directory (and missing parents) if it does not exist yet: for cgjob's own
+    /// parent cgroup, which many jobs share.
+    pub fn ensure(path: &Path) -> Result<Self, CgroupFsError> {
+        match std::fs::create_dir_all(path) {
+            Ok(()) => Ok(Cgroup {
+                path: path.to_owned(),
+            }),
+            Err(e) => Err(CgroupFsError::new("create cgroup", path, e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn has_file(&self, name: &str) -> bool {
+        self.file(name).exists()
+    }
+
+    pub fn read(&self, name: &str) -> Result<String, CgroupFsError> {
+        file::read(&self.file(name))
+    }
+
+    pub fn write(&self, name: &str, data: &str) -> Result<(), CgroupFsError> {
+        file::write(&self.file(name), data)
+    }
+
+    /// Open the directory for clone3's `CLONE_INTO_CGROUP`.
+    pub fn open_dir(&self) -> Result<OwnedFd, CgroupFsError> {
+        open_fd(
+            &self.path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    }
+
+    /// Open `cgroup.procs` for writing, for a child that joins before exec.
+    pub fn open_procs_for_join(&self) -> Result<OwnedFd, CgroupFsError> {
+        open_fd(&self.file("cgroup.procs"), libc::O_WRONLY | libc::O_CLOEXEC)
+    }
+
+    /// Pids in this cgroup only.
+    pub fn procs(&self) -> Result<Vec<i32>, CgroupFsError> {
+        Ok(file::parse_pids(&self.read("cgroup.procs")?))
+    }
+
+    /// This cgroup and every descendant cgroup (a job may create sub-cgroups), parents first.
+    pub fn subtree(&self) -> Result<Vec<Cgroup>, CgroupFsError> {
+        let mut out = vec![self.clone()];
+        let mut i = 0;
+        while i < out.len() {
+            let dir = out[i].path.clone();
+            match std::fs::read_dir(&dir) {
+                Ok(rd) => {
+                    for ent in rd.flatten() {
+                        if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                            out.push(Cgroup { path: ent.path() });
+                        }
+                    }
+                }
+                Err(e) if i > 0 && e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CgroupFsError::new("list", &dir, e)),
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// Pids in this cgroup and all its descendants.
+    pub fn procs_recursive(&self) -> Result<Vec<i32>, CgroupFsError> {
+        let mut pids = Vec::new();
+        for cg in self.subtree()? {
+            match cg.procs() {
+                Ok(p) => pids.extend(p),
+                Err(e) if e.is_gone() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Remove this cgroup and its descendant cgroups, children first. `rmdir` can fail with
+    /// EBUSY for a moment after the last task left (the kernel still unlinks exiting tasks), so
+    /// retry with backoff as runc does (10 tries from 1 ms doubling); ENOENT means done.
+    pub fn remove(&self) -> Result<(), CgroupFsError> {
+        let tree = match self.subtree() {
+            Ok(t) => t,
+            Err(e) if e.is_gone() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for cg in tree.iter().rev() {
+            rmdir_retry(&cg.path)?;
+        }
+        Ok(())
+    }
+
+    /// `cpu.stat` as key/value pairs (present on every cgroup2 cgroup since 4.5, even without
+    /// the cpu controller: `usage_usec`, `user_usec`, `system_usec`).
+    pub fn cpu_stat(&self) -> Result<Vec<(String, u64)>, CgroupFsError> {
+        let text = self.read("cpu.stat")?;
+        Ok(file::parse_flat_keyed(&text)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect())
+    }
+}
+
+fn rmdir_retry(path: &Path) -> Result<(), CgroupFsError> {
+    let mut delay = Duration::from_millis(1);
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 10 => {
+                // Not a wait for emptiness (that is event-driven): a bounded retry of a
+                // transient kernel state, as runc's RemovePath does.
+                std::thread::sleep(delay);
+                delay *= 2;
+                tries += 1;
+            }
+            Err(e) => return Err(CgroupFsError::new("remove cgroup", path, e)),
+        }
+    }
+}
+
+fn open_fd(path: &Path, flags: i32) -> Result<OwnedFd, CgroupFsError> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        CgroupFsError::new("open", path, io::Error::from(io::ErrorKind::InvalidInput))
+    })?;
+    // SAFETY: a valid C string; the returned fd is owned by us.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(CgroupFsError::new("open", path, io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_new_refuses_an_existing_cgroup() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = Cgroup::create_new(d.path(), "job1").unwrap();
+        assert!(cg.path().is_dir());
+        let e = Cgroup::create_new(d.path(), "job1").unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+        assert!(e.to_string().contains("job1"));
+    }
+
+    #[test]
+    fn subtree_and_recursive_procs_on_a_fake_cgroupfs() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = Cgroup::create_new(d.path(), "job").unwrap();
+        std::fs::write(cg.file("cgroup.procs"), "10\n11\n").unwrap();
+        let sub = Cgroup::create_new(cg.path(), "sub").unwrap();
+        std::fs::write(sub.file("cgroup.procs"), "12\n").unwrap();
+        let mut p = cg.procs_recursive().unwrap();
+        p.sort();
+        assert_eq!(p, vec![10, 11, 12]);
+        assert_eq!(cg.subtree().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn remove_is_children_first_and_gone_is_done() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = Cgroup::create_new(d.path(), "job").unwrap();
+        Cgroup::create_new(cg.path(), "a").unwrap();
+        Cgroup::create_new(&cg.path().join("a"), "b").unwrap();
+        cg.remove().unwrap();
+        assert!(!cg.path().exists());
+        cg.remove().unwrap(); // already gone: done, not an error
+    }
+}

@@ -1,0 +1,169 @@
+//! The command line, as clap derive types only. Doc comments are the `--help` text; values are
+//! parsed at the edge (durations, signals, names) so that bad input never gets further.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, ForwardTo, JobName};
+
+/// Run jobs in cgroups of their own, and leave nothing behind.
+///
+/// Every process a job starts is born in the job's cgroup v2 cgroup; when the job ends, is
+/// cancelled or times out, everything still in it is found, reported and killed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cgjob",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// More log output on stderr: -v info, -vv debug (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CGJOB_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new cgroup and return when no process of it is left.
+    ///
+    /// Exit status: the command's own; 128+N if it died of signal N; 124 on --timeout;
+    /// 123 if processes could not be killed (cgroup left in place); 125 if cgjob failed;
+    /// 126 if the command cannot be executed; 127 if it is not found; 2 on bad usage.
+    Run(RunArgs),
+    /// Remove stale job cgroups: those whose supervisor is gone (their processes are killed
+    /// and reported first).
+    ///
+    /// Exit status: 0 when every stale job cgroup was removed; 123 when one could not be
+    /// emptied; 125 on failure.
+    Gc(GcArgs),
+}
+
+/// Where job cgroups live.
+#[derive(Debug, Args)]
+pub struct PlaceArgs {
+    /// The cgroup2 directory to use as root, instead of the cgroup2 mount found in
+    /// /proc/self/mountinfo.
+    #[arg(long, value_name = "DIR", env = "CGJOB_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// Parent cgroup of job cgroups: absolute, or relative to the cgroup2 root
+    /// [default: <root>/cgjob].
+    #[arg(long, value_name = "CGROUP", env = "CGJOB_PARENT")]
+    pub parent: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub place: PlaceArgs,
+
+    /// Name of the job cgroup (letters, digits, '.', '_', '-'; at most 64) [default: generated].
+    /// An existing cgroup of that name is an error.
+    #[arg(long, value_name = "NAME", value_parser = JobName::parse, env = "CGJOB_NAME")]
+    pub name: Option<JobName>,
+
+    /// Send the timeout signal to the command after DUR (e.g. 30, 1.5, 10s, 1m30s; 0 = none).
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Signal sent when the timeout fires.
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub timeout_signal: i32,
+
+    /// After the timeout signal, wait DUR, then kill the whole job.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = config::parse_duration)]
+    pub kill_after: Duration,
+
+    /// What to do with processes left when the command exits.
+    #[arg(long, value_enum, default_value_t = LeftoversArg::Term)]
+    pub leftovers: LeftoversArg,
+
+    /// Between SIGTERM to leftovers and killing them.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = config::parse_duration)]
+    pub grace: Duration,
+
+    /// How to kill: cgroup.kill (Linux 5.14+), or freeze, SIGKILL each, thaw.
+    #[arg(long, value_enum, default_value_t = KillMethodArg::Auto)]
+    pub kill_method: KillMethodArg,
+
+    /// After the first kill, how long to wait for the cgroup to empty before reporting the
+    /// rest as unkillable.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = config::parse_duration)]
+    pub kill_timeout: Duration,
+
+    /// Where signals sent to cgjob go.
+    #[arg(long, value_enum, default_value_t = ForwardTo::Main)]
+    pub forward_to: ForwardTo,
+
+    /// Write the job's result record (JSON) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Print the job's result record as one JSON line on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How the command gets into its cgroup (for testing the fallback).
+    #[arg(long, value_enum, default_value_t = SpawnArg::Clone3, hide = true)]
+    pub spawn: SpawnArg,
+
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeftoversArg {
+    /// SIGTERM, wait --grace, kill.
+    Term,
+    /// Wait for them to exit on their own (bounded by --timeout).
+    Wait,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KillMethodArg {
+    Auto,
+    CgroupKill,
+    Freeze,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpawnArg {
+    Clone3,
+    ForkJoin,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub place: PlaceArgs,
+
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    crate::process::signals::parse_signal(s).map(|s| s as i32)
+}

@@ -1,0 +1,40 @@
+//! `cgjob gc`: remove stale job cgroups — those whose supervisor is gone.
+
+use crate::cli::GcArgs;
+use crate::job::gc::{self, GcOutcome};
+use crate::job::place;
+use crate::job::policy::exit;
+
+pub fn gc(args: GcArgs) -> i32 {
+    let res = place::hierarchy(args.place.cgroup_root.as_deref())
+        .and_then(|h| place::parent_dir(&h, args.place.parent.as_deref()));
+    let parent = match res {
+        Ok(p) => p,
+        Err(e) => {
+            super::print_error(&e);
+            return exit::FAILURE;
+        }
+    };
+    let found = match gc::sweep(&parent, args.dry_run) {
+        Ok(f) => f,
+        Err(e) => {
+            super::print_error(&e);
+            return exit::FAILURE;
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&found).expect("gc results serialize")
+        );
+    } else {
+        for j in &found {
+            println!("{}", j.describe());
+        }
+    }
+    if found.iter().any(|j| j.outcome == GcOutcome::NotEmptied) {
+        exit::UNKILLABLE
+    } else {
+        0
+    }
+}

@@ -1,0 +1,63 @@
+//! One file per subcommand, each thin: validated config in, `job` calls, report out, exit
+//! status back.
+
+pub mod gc;
+pub mod run;
+
+use crate::cli::{Cli, Command};
+use crate::job::policy::exit;
+
+/// Run the chosen subcommand; returns the process exit status.
+pub fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run(args) => run::run(args, cli.verbose > 0),
+        Command::Gc(args) => gc::gc(args),
+    }
+}
+
+/// Print a clap error as one line (help and version are printed whole) and return the exit
+/// status: 0 for help/version, 2 for bad usage.
+pub fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            exit::USAGE
+        } else {
+            0
+        };
+    }
+    // clap's message is a paragraph (what was wrong, sometimes over several lines), then a
+    // usage hint: keep the paragraph, on one line.
+    let text = e.render().to_string();
+    let para: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let msg = para.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    eprintln!("cgjob: {msg} (see --help)");
+    exit::USAGE
+}
+
+/// Print an error and its causes on one line: `cgjob: what: why: why`.
+pub fn print_error(e: &dyn std::error::Error) {
+    let mut line = format!("cgjob: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        let msg = s.to_string();
+        if !line.contains(&msg) {
+            line.push_str(": ");
+            line.push_str(&msg);
+        }
+        src = s.source();
+    }
+    eprintln!("{line}");
+}

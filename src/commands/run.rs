@@ -1,0 +1,83 @@
+//! `cgjob run [OPTIONS] -- CMD [ARGS]…`
+
+use std::fs::File;
+use std::time::Duration;
+
+use crate::cgroup::KillRequest;
+use crate::cli::{KillMethodArg, LeftoversArg, RunArgs, SpawnArg};
+use crate::config::RunConfig;
+use crate::job::policy::{exit, LeftoverPolicy};
+use crate::job::supervise;
+use crate::process::spawn::SpawnMethod;
+use crate::report;
+
+/// From flags to validated settings.
+pub fn config(a: RunArgs, verbose: bool) -> RunConfig {
+    let mut c = RunConfig::new(a.command);
+    c.cgroup_root = a.place.cgroup_root;
+    c.parent = a.place.parent;
+    c.name = a.name;
+    c.forward_to = a.forward_to;
+    c.ladder.grace = a.grace;
+    c.ladder.leftovers = match a.leftovers {
+        LeftoversArg::Term => LeftoverPolicy::Term,
+        LeftoversArg::Wait => LeftoverPolicy::Wait,
+    };
+    // As GNU timeout: a zero duration disables the timeout.
+    c.ladder.timeout = a.timeout.filter(|t| *t > Duration::ZERO);
+    c.ladder.timeout_signal = a.timeout_signal;
+    c.ladder.kill_after = a.kill_after;
+    c.ladder.kill_timeout = a.kill_timeout;
+    c.kill = match a.kill_method {
+        KillMethodArg::Auto => KillRequest::Auto,
+        KillMethodArg::CgroupKill => KillRequest::CgroupKill,
+        KillMethodArg::Freeze => KillRequest::Freeze,
+    };
+    c.spawn = match a.spawn {
+        SpawnArg::Clone3 => SpawnMethod::Clone3,
+        SpawnArg::ForkJoin => SpawnMethod::ForkJoin,
+    };
+    c.report = a.report;
+    c.json = a.json;
+    c.verbose = verbose;
+    c
+}
+
+pub fn run(args: RunArgs, verbose: bool) -> i32 {
+    let cfg = config(args, verbose);
+    // Open the report file before anything starts: a path that cannot be written is bad input,
+    // found before the job runs rather than after.
+    let report_file = match &cfg.report {
+        Some(p) => match File::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("cgjob: cannot write report file {}: {e}", p.display());
+                return exit::FAILURE;
+            }
+        },
+        None => None,
+    };
+    match supervise::run(&cfg) {
+        Ok(rec) => {
+            report::summary(&rec, cfg.verbose);
+            if cfg.json {
+                report::json_line(&rec);
+            }
+            if let (Some(f), Some(p)) = (report_file, &cfg.report) {
+                if let Err(e) = report::write_file(f, &rec) {
+                    eprintln!("cgjob: cannot write report file {}: {e}", p.display());
+                    return exit::FAILURE;
+                }
+            }
+            rec.exit_status
+        }
+        Err(e) => {
+            super::print_error(&e);
+            if let Some(p) = &cfg.report {
+                // Nothing ran: do not leave an empty report behind.
+                let _ = std::fs::remove_file(p);
+            }
+            e.exit_status()
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! POLICY: finding and removing stale job cgroups — those whose owner record names a
+//! supervisor that is gone (killed, crashed, or its guardian could not finish). Cgroups
+//! without cgjob's owner record are never touched.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::leftovers::{Leftover, Tracker};
+use super::meta;
+use crate::cgroup::kill::{self, KillError, KillRequest};
+use crate::cgroup::{Cgroup, CgroupFsError, EventsFile};
+
+/// How long `gc` keeps killing one stale cgroup before giving up on it.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GcOutcome {
+    Removed,
+    WouldRemove,
+    /// Processes survived every kill; the cgroup stays.
+    NotEmptied,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StaleJob {
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub supervisor_pid: i32,
+    pub outcome: GcOutcome,
+    /// The processes found in it.
+    pub processes: Vec<Leftover>,
+}
+
+impl StaleJob {
+    pub fn describe(&self) -> String {
+        let what = match self.outcome {
+            GcOutcome::Removed => "removed",
+            GcOutcome::WouldRemove => "would remove",
+            GcOutcome::NotEmptied => "could NOT empty",
+        };
+        let procs: Vec<String> = self.processes.iter().map(|p| p.describe()).collect();
+        format!(
+            "{what} stale job cgroup {} (supervisor pid {} gone; {} process{}{}{})",
+            self.cgroup.display(),
+            self.supervisor_pid,
+            procs.len(),
+            if procs.len() == 1 { "" } else { "es" },
+            if procs.is_empty() { "" } else { ": " },
+            procs.join("; ")
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Fs(#[from] CgroupFsError),
+    #[error(transparent)]
+    Kill(#[from] KillError),
+    #[error("cannot list {path}")]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sweep `parent` for stale job cgroups.
+pub fn sweep(parent: &Path, dry_run: bool) -> Result<Vec<StaleJob>, GcError> {
+    let rd = match std::fs::read_dir(parent) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(GcError::List {
+                path: parent.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        if !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let cg = Cgroup::at(ent.path());
+        let Some(m) = meta::read(&cg)? else { continue };
+        if m.supervisor_alive() {
+            continue;
+        }
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let mut tracker = Tracker::cgroup_only();
+        match tracker.scan(&cg) {
+            Err(e) if e.is_gone() => continue,
+            r => r?,
+        };
+        let outcome = if dry_run {
+            GcOutcome::WouldRemove
+        } else if empty_it(&cg, &mut tracker)? {
+            cg.remove()?;
+            GcOutcome::Removed
+        } else {
+            GcOutcome::NotEmptied
+        };
+        if !dry_run {
+            tracker.mark_at_end();
+        }
+        out.push(StaleJob {
+            name,
+            cgroup: cg.path().to_owned(),
+            supervisor_pid: m.supervisor_pid,
+            outcome,
+            processes: std::mem::take(&mut tracker.leftovers),
+        });
+    }
+    Ok(out)
+}
+
+/// Kill passes until `populated 0`, bounded. Returns whether it emptied.
+fn empty_it(cg: &Cgroup, tracker: &mut Tracker) -> Result<bool, GcError> {
+    let events = match EventsFile::open(cg.path()) {
+        Ok(e) => e,
+        Err(e) if e.is_gone() => return Ok(true),
+        Err(e) => return Err(e.into()),
+    };
+    if !events.read()?.populated {
+        return Ok(true);
+    }
+    let method = kill::resolve(cg, KillRequest::Auto)?;
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    loop {
+        tracker.scan(cg)?;
+        tracker.mark_at_kill();
+        kill::kill_pass(
+            cg,
+            &events,
+            method,
+            Instant::now() + Duration::from_millis(500),
+        )?;
+        let step = (Instant::now() + Duration::from_millis(200)).min(deadline);
+        let (_, empty) = events.wait_until(step, |e| !e.populated)?;
+        if empty {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}

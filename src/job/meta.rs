@@ -1,0 +1,104 @@
+//! Who owns a job cgroup, kept *with* the cgroup as an extended attribute, so that any later
+//! cgjob (`gc`, a restarted daemon) can tell a live job from a stale one without a state file.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{file, Cgroup, CgroupFsError};
+use crate::process::procinfo;
+
+/// `trusted.*` needs CAP_SYS_ADMIN (root); `user.*` works on cgroupfs for the owner since 5.7.
+const ATTR_TRUSTED: &str = "trusted.cgjob.job";
+const ATTR_USER: &str = "user.cgjob.job";
+
+/// The owner record of a job cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMeta {
+    pub version: u32,
+    /// `run` for `cgjob run`.
+    pub kind: String,
+    pub supervisor_pid: i32,
+    /// The supervisor's start time in clock ticks after boot, so that a recycled pid is not
+    /// mistaken for it.
+    pub supervisor_start: u64,
+    pub uid: u32,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+impl JobMeta {
+    /// A record for the calling process as supervisor.
+    pub fn for_self(kind: &str) -> JobMeta {
+        let pid = std::process::id() as i32;
+        JobMeta {
+            version: 1,
+            kind: kind.to_owned(),
+            supervisor_pid: pid,
+            supervisor_start: procinfo::read_stat(pid).map(|s| s.start_ticks).unwrap_or(0),
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Whether the supervisor that wrote this record still runs.
+    pub fn supervisor_alive(&self) -> bool {
+        procinfo::read_stat(self.supervisor_pid).is_some_and(|s| {
+            s.start_ticks == self.supervisor_start && !matches!(s.state, 'Z' | 'X')
+        })
+    }
+}
+
+fn attr_name() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        ATTR_TRUSTED
+    } else {
+        ATTR_USER
+    }
+}
+
+pub fn write(cg: &Cgroup, meta: &JobMeta) -> Result<(), CgroupFsError> {
+    let json = serde_json::to_vec(meta).expect("JobMeta serializes");
+    file::set_xattr(cg.path(), attr_name(), &json)
+}
+
+/// The record of a cgroup, if it has one (cgroups not made by cgjob have none).
+pub fn read(cg: &Cgroup) -> Result<Option<JobMeta>, CgroupFsError> {
+    for name in [ATTR_TRUSTED, ATTR_USER] {
+        match file::get_xattr(cg.path(), name) {
+            Ok(Some(v)) => return Ok(serde_json::from_slice(&v).ok()),
+            Ok(None) => {}
+            // Not root: trusted.* cannot be read; try user.*.
+            Err(e) if matches!(e.errno(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_is_alive_and_a_stranger_is_not() {
+        let me = JobMeta::for_self("run");
+        assert!(me.supervisor_alive());
+        let other = JobMeta {
+            supervisor_start: me.supervisor_start + 1,
+            ..me.clone()
+        };
+        assert!(
+            !other.supervisor_alive(),
+            "a recycled pid must not count as the supervisor"
+        );
+        let gone = JobMeta {
+            supervisor_pid: i32::MAX,
+            ..me
+        };
+        assert!(!gone.supervisor_alive());
+    }
+}

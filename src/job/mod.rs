@@ -1,0 +1,11 @@
+//! POLICY: what a job is and how it is supervised, escalated, swept and reported. Calls the
+//! mechanism in `cgroup` and `process`; never writes cgroupfs itself.
+
+pub mod gc;
+pub mod guardian;
+pub mod leftovers;
+pub mod meta;
+pub mod place;
+pub mod policy;
+pub mod record;
+pub mod supervise;

@@ -1,0 +1,73 @@
+//! The result record of one job: what ran, where, how it ended, what was left and how it was
+//! dealt with. Written as JSON by `--report`/`--json`, summarised for humans by `report`.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::leftovers::Leftover;
+use super::policy::{LeftoverPolicy, MainExit, TimeoutPhase};
+use crate::cgroup::KillMethod;
+use crate::process::spawn::SpawnMethod;
+
+#[derive(Debug, Serialize)]
+pub struct JobRecord {
+    /// Version of this record's shape.
+    pub version: u32,
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub command: Vec<String>,
+    pub supervisor_pid: i32,
+    pub main_pid: Option<i32>,
+    pub spawn_method: Option<SpawnMethod>,
+    /// RFC 3339.
+    pub started_at: String,
+    pub ended_at: String,
+    pub duration_ms: f64,
+    /// How the main process ended.
+    pub exit: Option<MainExit>,
+    /// The status cgjob exits with.
+    pub exit_status: i32,
+    pub timeout: TimeoutRecord,
+    pub leftover_policy: LeftoverPolicy,
+    pub leftovers: Vec<Leftover>,
+    pub kill_method: KillMethod,
+    /// Kill passes made (0 when nothing had to be killed).
+    pub kill_passes: u32,
+    /// From the main process's exit to nothing of the job left.
+    pub main_exit_to_empty_ms: Option<f64>,
+    pub cpu: Option<CpuUsage>,
+    /// Processes survived every kill; the cgroup was left in place.
+    pub unkillable: bool,
+    pub cgroup_removed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimeoutRecord {
+    pub limit_ms: Option<u64>,
+    pub phase: TimeoutPhase,
+}
+
+/// From `cpu.stat`.
+#[derive(Debug, Serialize, Default)]
+pub struct CpuUsage {
+    pub usage_usec: u64,
+    pub user_usec: u64,
+    pub system_usec: u64,
+}
+
+impl CpuUsage {
+    pub fn from_stat(stat: &[(String, u64)]) -> Self {
+        let get = |k: &str| {
+            stat.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or(0)
+        };
+        CpuUsage {
+            usage_usec: get("usage_usec"),
+            user_usec: get("user_usec"),
+            system_usec: get("system_usec"),
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! POLICY: supervising one job from its cgroup's creation to its removal. One blocking point:
+//! epoll over the signalfd, the main process's pidfd, the cgroup's `cgroup.events` and the
+//! pidfds of leftovers being waited for, with the timeout taken from the escalation ladder's
+//! next deadline. No sleep loops.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::SigmaskHow;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::WaitStatus;
+
+use super::guardian::Guardian;
+use super::leftovers::Tracker;
+use super::meta::{self, JobMeta};
+use super::place::{self, PlaceError};
+use super::policy::{self, Action, Escalation, Event, MainExit, Phase};
+use super::record::{CpuUsage, JobRecord, TimeoutRecord};
+use crate::cgroup::kill::{self, KillError};
+use crate::cgroup::{Cgroup, CgroupFsError, EventsFile, KillMethod};
+use crate::config::{ForwardTo, RunConfig};
+use crate::process::spawn::{self, SpawnError, SpawnSpec};
+use crate::process::{reap, signals, PidFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    #[error(transparent)]
+    Kill(#[from] KillError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Fs(#[from] CgroupFsError),
+    #[error("cannot {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RunError {
+    fn setup(what: &'static str) -> impl FnOnce(Errno) -> RunError {
+        move |e| RunError::Setup {
+            what,
+            source: e.into(),
+        }
+    }
+
+    /// The exit status for this failure (README table).
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            RunError::Spawn(SpawnError::NotFound(_)) => policy::exit::NOT_FOUND,
+            RunError::Spawn(SpawnError::NotExecutable { .. }) => policy::exit::NOT_EXECUTABLE,
+            _ => policy::exit::FAILURE,
+        }
+    }
+}
+
+/// A job cgroup removed on drop unless the job got going: nothing is left behind by a failed
+/// start.
+struct RemoveOnError(Option<Cgroup>);
+
+impl Drop for RemoveOnError {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take() {
+            if let Err(e) = cg.remove() {
+                tracing::warn!(error = %e, "cannot remove the job cgroup after a failed start");
+            }
+        }
+    }
+}
+
+const TAG_SIGNAL: u64 = 0;
+const TAG_MAIN: u64 = 1;
+const TAG_EVENTS: u64 = 2;
+const TAG_LEFTOVER: u64 = 3;
+
+/// Bound on waiting for `frozen 1` before reading a complete process list.
+const FREEZE_WAIT: Duration = Duration::from_millis(500);
+
+/// Run one job to its end.
+pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
+    let started_wall = SystemTime::now();
+    let started = Instant::now();
+    let hier = place::hierarchy(cfg.cgroup_root.as_deref())?;
+    let parent = place::parent_dir(&hier, cfg.parent.as_deref())?;
+    let (cg, name) = place::create(&parent, cfg.name.as_ref())?;
+    let span = tracing::info_span!("job", name = %name);
+    let _enter = span.enter();
+    let mut cleanup = RemoveOnError(Some(cg.clone()));
+
+    let method = kill::resolve(&cg, cfg.kill)?;
+    let events = EventsFile::open(cg.path())?;
+    if let Err(e) = meta::write(&cg, &JobMeta::for_self("run")) {
+        tracing::warn!(error = %e, "cannot record the job's owner on its cgroup; `cgjob gc` will not recognise it");
+    }
+
+    let set = signals::supervisor_set();
+    let old_mask = set
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .map_err(RunError::setup("block signals"))?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(RunError::setup("create a signalfd"))?;
+    reap::become_subreaper().map_err(RunError::setup("become a child subreaper"))?;
+    let nofile = raise_nofile();
+    let guardian = Guardian::start(&cg, method).map_err(|source| RunError::Setup {
+        what: "start the guardian process",
+        source,
+    })?;
+    let tty = foreground_tty();
+
+    let spec = SpawnSpec {
+        argv: &cfg.command,
+        cgroup: &cg,
+        method: cfg.spawn,
+        foreground_tty: tty,
+        sigmask: old_mask,
+        nofile,
+    };
+    let child = match spawn::spawn(&spec) {
+        Ok(c) => c,
+        Err(e) => {
+            guardian.release();
+            return Err(e.into());
+        }
+    };
+    tracing::info!(pid = child.pid, cgroup = %cg.path().display(), method = ?child.method, "started");
+
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(RunError::setup("create an epoll set"))?;
+    let add = |fd: BorrowedFd<'_>, flags: EpollFlags, tag: u64| {
+        epoll
+            .add(fd, EpollEvent::new(flags, tag))
+            .map_err(RunError::setup("watch a descriptor"))
+    };
+    add(sfd.as_fd(), EpollFlags::EPOLLIN, TAG_SIGNAL)?;
+    add(child.pidfd.as_fd(), EpollFlags::EPOLLIN, TAG_MAIN)?;
+    add(events.fd(), EpollFlags::EPOLLPRI, TAG_EVENTS)?;
+    // From here on the job runs: its cgroup is removed by the end-of-job sweep, not on error.
+    cleanup.0 = None;
+
+    let self_pid = std::process::id() as i32;
+    let mut sup = Supervisor {
+        cfg,
+        cg: &cg,
+        events: &events,
+        method,
+        epoll: &epoll,
+        main: Some(child.pidfd),
+        main_pid: child.pid,
+        main_exit: None,
+        main_exit_at: None,
+        empty_at: None,
+        esc: Escalation::new(cfg.ladder.clone(), started),
+        tracker: Tracker::new(
+            self_pid,
+            &[self_pid, guardian.pid(), child.pid],
+            place::proc_view(&hier, &cg),
+        ),
+        watched: HashSet::new(),
+        kill_passes: 0,
+        tty,
+        guardian_pid: guardian.pid(),
+    };
+    let res = sup.supervise(&sfd);
+
+    // The end-of-job sweep.
+    let unkillable = matches!(sup.esc.phase(), Phase::Done { unkillable: true });
+    sup.tracker.mark_at_end();
+    reap::reap_ready();
+    let cpu = cg.cpu_stat().ok().map(|s| CpuUsage::from_stat(&s));
+    let removed = if unkillable {
+        false
+    } else {
+        match cg.remove() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove the job cgroup");
+                false
+            }
+        }
+    };
+    if let Some(fd) = tty {
+        // SAFETY: plain syscalls; SIGTTOU is blocked, so this works from the background.
+        unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
+    }
+    guardian.release();
+    res?;
+
+    let timeout_phase = sup.esc.timeout_phase();
+    let exit_status = policy::exit_status(sup.main_exit, timeout_phase, unkillable);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(JobRecord {
+        version: 1,
+        name: name.to_string(),
+        cgroup: cg.path().to_owned(),
+        command: cfg
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        supervisor_pid: self_pid,
+        main_pid: Some(sup.main_pid),
+        spawn_method: Some(child.method),
+        started_at: humantime::format_rfc3339_millis(started_wall).to_string(),
+        ended_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        duration_ms: ms(started.elapsed()),
+        exit: sup.main_exit,
+        exit_status,
+        timeout: TimeoutRecord {
+            limit_ms: cfg.ladder.timeout.map(|t| t.as_millis() as u64),
+            phase: timeout_phase,
+        },
+        leftover_policy: cfg.ladder.leftovers,
+        leftovers: std::mem::take(&mut sup.tracker.leftovers),
+        kill_method: method,
+        kill_passes: sup.kill_passes,
+        main_exit_to_empty_ms: match (sup.main_exit_at, sup.empty_at) {
+            (Some(a), Some(b)) => Some(ms(b.saturating_duration_since(a))),
+            _ => None,
+        },
+        cpu,
+        unkillable,
+        cgroup_removed: removed,
+    })
+}
+
+struct Supervisor<'a> {
+    cfg: &'a RunConfig,
+    cg: &'a Cgroup,
+    events: &'a EventsFile,
+    method: KillMethod,
+    epoll: &'a Epoll,
+    main: Option<PidFd>,
+    main_pid: i32,
+    main_exit: Option<MainExit>,
+    main_exit_at: Option<Instant>,
+    empty_at: Option<Instant>,
+    esc: Escalation,
+    tracker: Tracker,
+    /// Leftover pids whose pidfds are in the epoll set.
+    watched: HashSet<i32>,
+    kill_passes: u32,
+    tty: Option<RawFd>,
+    guardian_pid: i32,
+}
+
+impl Supervisor<'_> {
+    fn supervise(&mut self, sfd: &SignalFd) -> Result<(), RunError> {
+        let mut evbuf = [EpollEvent::empty(); 32];
+        loop {
+            let timeout = match self.esc.next_deadline() {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Round up: waking before the deadline would spin.
+                    let ms = left.as_micros().div_ceil(1000);
+                    EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
+                }
+                None => EpollTimeout::NONE,
+            };
+            let n = match self.epoll.wait(&mut evbuf, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => {
+                    return Err(RunError::Setup {
+                        what: "wait for events",
+                        source: e.into(),
+                    })
+                }
+            };
+            if evbuf[..n].iter().any(|e| e.data() == TAG_EVENTS) {
+                // Reading re-arms the notification (kernfs reports EPOLLPRI until the file is
+                // read again); emptiness itself is judged below, from a fresh read.
+                match self.events.read() {
+                    Ok(_) => {}
+                    Err(e) if e.is_gone() => {
+                        let _ = self.epoll.delete(self.events.fd());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let now = Instant::now();
+
+            while let Ok(Some(si)) = sfd.read_signal() {
+                let sig = si.ssi_signo as i32;
+                if matches!(sig, libc::SIGCHLD | libc::SIGTTOU | libc::SIGTTIN) {
+                    continue;
+                }
+                tracing::debug!(signal = %signals::name(sig), "received");
+                let acts = self.esc.on(Event::Signal(sig), now);
+                if self.act(acts)? {
+                    return Ok(());
+                }
+            }
+
+            if self.reap(now)? {
+                let empty = self.is_empty()?;
+                let acts = self.esc.on(Event::MainExited { empty }, now);
+                if empty {
+                    self.empty_at = Some(Instant::now());
+                }
+                if self.act(acts)? {
+                    return Ok(());
+                }
+            }
+
+            if self.esc.wants_empty() && self.is_empty()? {
+                self.empty_at = Some(Instant::now());
+                let acts = self.esc.on(Event::Empty, Instant::now());
+                if self.act(acts)? {
+                    return Ok(());
+                }
+            }
+
+            let acts = self.esc.on(Event::Tick, Instant::now());
+            if self.act(acts)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reap every ready child. Returns true when the main process has just exited.
+    fn reap(&mut self, now: Instant) -> Result<bool, RunError> {
+        let mut main_done = false;
+        for st in reap::reap_ready() {
+            match st {
+                WaitStatus::Exited(pid, code) if pid.as_raw() == self.main_pid => {
+                    self.main_exit = Some(MainExit::Code(code));
+                    main_done = true;
+                }
+                WaitStatus::Signaled(pid, sig, core) if pid.as_raw() == self.main_pid => {
+                    self.main_exit = Some(MainExit::Signal {
+                        signal: sig as i32,
+                        core_dumped: core,
+                    });
+                    main_done = true;
+                }
+                WaitStatus::Stopped(pid, sig) if pid.as_raw() == self.main_pid => {
+                    use nix::sys::signal::Signal::*;
+                    if matches!(sig, SIGTSTP | SIGTTIN | SIGTTOU) {
+                        self.suspend();
+                    }
+                }
+                WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)
+                    if pid.as_raw() == self.guardian_pid =>
+                {
+                    tracing::warn!(
+                        pid = self.guardian_pid,
+                        "the guardian process died; the job is unguarded should cgjob be killed"
+                    );
+                }
+                _ => {}
+            }
+        }
+        if main_done {
+            if let Some(m) = self.main.take() {
+                let _ = self.epoll.delete(m.as_fd());
+            }
+            self.main_exit_at = Some(now);
+            tracing::info!(exit = ?self.main_exit, "main process exited");
+        }
+        Ok(main_done)
+    }
+
+    /// The main process was stopped by the terminal (Ctrl-Z): take the terminal back and stop
+    /// ourselves, so the shell sees the job stopped; on `fg`, hand it back and continue it.
+    fn suspend(&mut self) {
+        let Some(tty) = self.tty else { return };
+        // SAFETY: plain syscalls; SIGTTOU is blocked.
+        unsafe {
+            libc::tcsetpgrp(tty, libc::getpgrp());
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            // Continued (the shell's `fg` or `bg`).
+            if libc::tcgetpgrp(tty) == libc::getpgrp() {
+                libc::tcsetpgrp(tty, self.main_pid);
+            }
+            libc::kill(-self.main_pid, libc::SIGCONT);
+        }
+    }
+
+    /// Nothing of the job is left: the cgroup is not populated, no descendant of cgjob that
+    /// left it is alive, and every recorded leftover has finished exiting (so that its
+    /// children have been handed to us and can be reaped).
+    fn is_empty(&mut self) -> Result<bool, RunError> {
+        let populated = match self.events.read() {
+            Ok(e) => e.populated,
+            Err(e) if e.is_gone() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if populated {
+            return Ok(false);
+        }
+        if self.tracker.has_other_descendants()
+            && self.tracker.scan(self.cg)? > 0
+            && matches!(self.esc.phase(), Phase::Killing { .. })
+        {
+            self.tracker.mark_at_kill();
+            self.tracker.kill_escaped();
+        }
+        let pending: Vec<(i32, RawFd)> = self
+            .tracker
+            .alive()
+            .filter(|l| l.ended_by != Some(super::leftovers::EndedBy::Unkillable))
+            .filter_map(|l| l.pidfd().map(|p| (l.pid, p.as_fd().as_raw_fd())))
+            .collect();
+        if pending.is_empty() {
+            return Ok(true);
+        }
+        for (pid, fd) in pending {
+            if self.watched.insert(pid) {
+                // SAFETY: the fd is owned by the tracker, which outlives the epoll set's use.
+                let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+                let _ = self.epoll.add(
+                    bfd,
+                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, TAG_LEFTOVER),
+                );
+            }
+        }
+        Ok(false)
+    }
+
+    /// Carry out actions; true when supervision is over.
+    fn act(&mut self, acts: Vec<Action>) -> Result<bool, RunError> {
+        for a in acts {
+            tracing::debug!(action = ?a, "escalation");
+            match a {
+                Action::Forward(sig) => self.forward(sig)?,
+                Action::SignalMain(sig) => {
+                    tracing::info!(signal = %signals::name(sig), "timeout: signalling the main process");
+                    if let Some(m) = &self.main {
+                        let _ = m.send(sig);
+                        if sig != libc::SIGKILL && sig != libc::SIGCONT {
+                            let _ = m.send(libc::SIGCONT);
+                        }
+                    }
+                }
+                Action::Snapshot => self.snapshot()?,
+                Action::TermLeftovers => {
+                    self.tracker.scan(self.cg)?;
+                    tracing::info!(count = self.tracker.alive().count(), "SIGTERM to leftovers");
+                    self.tracker.signal_all(libc::SIGTERM, true);
+                    // A stopped process would sit on its SIGTERM: continue it (as systemd does).
+                    self.tracker.signal_all(libc::SIGCONT, false);
+                }
+                Action::KillPass => self.kill_pass()?,
+                Action::Finish => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    fn forward(&mut self, sig: i32) -> Result<(), RunError> {
+        match (&self.main, self.cfg.forward_to) {
+            (Some(m), ForwardTo::Main) => {
+                if let Err(e) = m.send(sig) {
+                    tracing::warn!(signal = %signals::name(sig), error = %e, "cannot forward signal");
+                }
+            }
+            _ => {
+                kill::signal_each(self.cg, sig)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Freeze (bounded) so that the list is complete, record every process, thaw.
+    fn snapshot(&mut self) -> Result<(), RunError> {
+        let populated = self.events.read().map(|e| e.populated).unwrap_or(false);
+        let freezable = populated && self.cg.has_file("cgroup.freeze");
+        if freezable {
+            kill::freeze(self.cg, self.events, Instant::now() + FREEZE_WAIT)?;
+        }
+        let res = self.tracker.scan(self.cg);
+        if freezable {
+            kill::thaw(self.cg)?;
+        }
+        let n = res?;
+        tracing::info!(count = n, "leftovers recorded");
+        Ok(())
+    }
+
+    fn kill_pass(&mut self) -> Result<(), RunError> {
+        self.kill_passes += 1;
+        let populated = self.events.read().map(|e| e.populated).unwrap_or(false);
+        let freezable = populated && self.cg.has_file("cgroup.freeze");
+        if freezable {
+            kill::freeze(self.cg, self.events, Instant::now() + FREEZE_WAIT)?;
+        }
+        let scanned = self.tracker.scan(self.cg);
+        self.tracker.mark_at_kill();
+        let res = kill::kill_pass(
+            self.cg,
+            self.events,
+            self.method,
+            Instant::now() + FREEZE_WAIT,
+        );
+        if freezable {
+            kill::thaw(self.cg)?;
+        }
+        self.tracker.kill_escaped();
+        scanned?;
+        res?;
+        tracing::info!(pass = self.kill_passes, method = ?self.method, "kill pass");
+        Ok(())
+    }
+}
+
+/// Raise RLIMIT_NOFILE's soft limit to the hard one: a pidfd per leftover can take
+/// thousands. Returns the old limit, which the job's command gets back.
+fn raise_nofile() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return None;
+    }
+    let old = lim;
+    lim.rlim_cur = lim.rlim_max.min(1 << 20);
+    // SAFETY: as above.
+    (unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0).then_some(old)
+}
+
+/// Stdin, when it is a terminal whose foreground process group is ours: then the job gets the
+/// foreground, so Ctrl-C and Ctrl-Z reach it as they would without cgjob.
+fn foreground_tty() -> Option<RawFd> {
+    // SAFETY: plain syscalls on fd 0.
+    unsafe { (libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp()).then_some(0) }
+}

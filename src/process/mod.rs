@@ -1,0 +1,9 @@
+//! MECHANISM: starting a process inside a cgroup, pidfds, signals, reaping, and reading /proc.
+
+pub mod pidfd;
+pub mod procinfo;
+pub mod reap;
+pub mod signals;
+pub mod spawn;
+
+pub use pidfd::PidFd;

@@ -1,0 +1,212 @@
+//! The few /proc fields cgjob reports about a process, hand-parsed: pid, ppid, uid, state,
+//! start time, command name and line, cgroup, and the kernel function it sleeps in.
+
+use std::path::{Path, PathBuf};
+
+/// What `/proc/PID/stat` says (fields after the `(comm)` are counted from the last `)`, since
+/// a command name may hold spaces and parentheses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    /// Clock ticks after boot.
+    pub start_ticks: u64,
+}
+
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text[open + 1..close].to_owned();
+    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // rest[0] = state (field 3), rest[1] = ppid (4), rest[19] = starttime (22)
+    Some(Stat {
+        pid,
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn read_stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Real uid from the `Uid:` line of `/proc/PID/status`.
+pub fn parse_status_uid(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn read_uid(pid: i32) -> Option<u32> {
+    parse_status_uid(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The command line, NUL-separated in /proc (empty for kernel threads and zombies).
+pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
+    let b = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if b.is_empty() {
+        return Vec::new();
+    }
+    b.split(|c| *c == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+pub fn read_cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| parse_cmdline(&b))
+        .unwrap_or_default()
+}
+
+/// The cgroup2 path (`0::/path`) from `/proc/PID/cgroup`, relative to the reader's cgroup
+/// namespace root.
+pub fn parse_cgroup2_path(text: &str) -> Option<PathBuf> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(PathBuf::from)
+}
+
+pub fn read_cgroup2_path(pid: i32) -> Option<PathBuf> {
+    parse_cgroup2_path(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The kernel function a sleeping task waits in (`0` when running or unknown).
+pub fn read_wchan(pid: i32) -> Option<String> {
+    let w = std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok()?;
+    let w = w.trim();
+    (!w.is_empty() && w != "0").then(|| w.to_owned())
+}
+
+/// Boot time in seconds since the epoch (`btime` in /proc/stat), to turn start ticks into a
+/// wall-clock time.
+pub fn boot_time() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Whether this kernel has `/proc/PID/task/TID/children` (CONFIG_PROC_CHILDREN).
+fn children_file_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        Path::new(&format!("/proc/self/task/{tid}/children")).exists()
+    })
+}
+
+/// Children of `pid` (of all its threads), from `/proc/PID/task/TID/children`. `None` when the
+/// kernel does not offer the file; an empty list when the process is gone.
+pub fn children(pid: i32) -> Option<Vec<i32>> {
+    if !children_file_supported() {
+        return None;
+    }
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Every pid on the system with its parent, for kernels without the `children` file.
+pub fn all_parents() -> Vec<(i32, i32)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| read_stat(pid).map(|s| (pid, s.ppid)))
+        .collect()
+}
+
+/// All descendants of `root` (children, grandchildren, …), breadth first.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Some(first) = children(root) {
+        let mut queue = first;
+        while let Some(pid) = queue.pop() {
+            out.push(pid);
+            if let Some(c) = children(pid) {
+                queue.extend(c);
+            }
+        }
+        return out;
+    }
+    let parents = all_parents();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, ppid) in &parents {
+            if *ppid == p {
+                out.push(*pid);
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_tricky_comm() {
+        let t = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 100 18446744073709551615";
+        let s = parse_stat(t).unwrap();
+        assert_eq!(s.pid, 1234);
+        assert_eq!(s.comm, "my (odd) prog");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.start_ticks, 98765);
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) S").is_none());
+    }
+
+    #[test]
+    fn status_uid_cmdline_cgroup() {
+        assert_eq!(
+            parse_status_uid("Name:\tx\nUid:\t1000\t1000\t1000\t1000\n"),
+            Some(1000)
+        );
+        assert_eq!(parse_status_uid("Name:\tx\n"), None);
+        assert_eq!(parse_cmdline(b"sleep\x001000\x00"), vec!["sleep", "1000"]);
+        assert_eq!(parse_cmdline(b""), Vec::<String>::new());
+        assert_eq!(parse_cmdline(b"a b\x00"), vec!["a b"]);
+        assert_eq!(
+            parse_cgroup2_path("4:memory:/x\n0::/cgjob/run-1\n"),
+            Some(PathBuf::from("/cgjob/run-1"))
+        );
+        assert_eq!(parse_cgroup2_path("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn this_process_reads_back() {
+        let me = std::process::id() as i32;
+        let s = read_stat(me).unwrap();
+        assert_eq!(s.pid, me);
+        assert!(read_uid(me).is_some());
+        assert!(!read_cmdline(me).is_empty());
+        assert!(boot_time().unwrap() > 1_000_000_000);
+    }
+}

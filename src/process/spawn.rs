@@ -1,0 +1,394 @@
+//! Starting the job's main process *inside* its cgroup: clone3 with `CLONE_INTO_CGROUP` (5.7+)
+//! so it is born there; where the kernel refuses, a plain fork whose child writes itself into
+//! `cgroup.procs` before it execs. Never "spawn, then move" — a process moved in after it ran
+//! could already have forked outside.
+//!
+//! Between the clone and `execve` the child runs only async-signal-safe calls on data prepared
+//! beforehand (tini's rule): no allocation, no locks, no logging. An exec failure is reported
+//! through a close-on-exec pipe.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::sys::signal::SigSet;
+
+use super::pidfd::PidFd;
+use crate::cgroup::{Cgroup, CgroupFsError};
+
+/// `libc::CLONE_INTO_CGROUP` is a 32-bit constant that overflows to 0, and the child silently
+/// lands in the parent's cgroup. The flag is bit 33.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CLONE_PIDFD: u64 = 0x1000;
+
+/// `struct clone_args`, version 2 (with `cgroup`, 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// How to start the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpawnMethod {
+    /// clone3 into the cgroup, falling back to fork + join when the kernel refuses.
+    #[default]
+    Clone3,
+    /// fork; the child joins the cgroup before exec.
+    ForkJoin,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command not found: {0}")]
+    NotFound(String),
+    #[error("cannot execute {program}")]
+    NotExecutable {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the child could not join the cgroup before exec")]
+    Join(#[source] io::Error),
+    #[error("cannot start a process")]
+    Clone(#[source] io::Error),
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupFsError),
+}
+
+/// What the child is to do, prepared before the clone.
+pub struct SpawnSpec<'a> {
+    pub argv: &'a [OsString],
+    pub cgroup: &'a Cgroup,
+    pub method: SpawnMethod,
+    /// Give this terminal's foreground to the child's new process group.
+    pub foreground_tty: Option<RawFd>,
+    /// The signal mask to restore in the child (cgjob's own mask from before it blocked its
+    /// supervisor signals).
+    pub sigmask: SigSet,
+    /// RLIMIT_NOFILE to restore in the child, if cgjob raised its own.
+    pub nofile: Option<libc::rlimit>,
+}
+
+/// A started process.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub pidfd: PidFd,
+    /// How it got into the cgroup.
+    pub method: SpawnMethod,
+}
+
+const STAGE_JOIN: u8 = 1;
+const STAGE_EXEC: u8 = 2;
+
+/// Everything the child touches, owned by the parent.
+struct ChildCtx {
+    candidates: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    join_fd: Option<RawFd>,
+    err_fd: RawFd,
+    tty: Option<RawFd>,
+    sigmask: libc::sigset_t,
+    nofile: Option<libc::rlimit>,
+}
+
+fn cstr(s: &[u8], what: &str) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|_| SpawnError::Invalid(format!("{what} contains a NUL byte")))
+}
+
+/// The paths `execvp` would try, computed in the parent so that the child does not allocate.
+fn candidates(program: &[u8], path: Option<OsString>) -> Result<Vec<CString>, SpawnError> {
+    if program.contains(&b'/') {
+        return Ok(vec![cstr(program, "the command")?]);
+    }
+    let path = path.unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let mut out = Vec::new();
+    for dir in path.as_bytes().split(|c| *c == b':') {
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let mut p = dir.to_vec();
+        p.push(b'/');
+        p.extend_from_slice(program);
+        out.push(cstr(&p, "the command")?);
+    }
+    Ok(out)
+}
+
+/// Start `spec.argv` in `spec.cgroup`.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+    let program = spec
+        .argv
+        .first()
+        .ok_or_else(|| SpawnError::Invalid("empty command".into()))?;
+    if program.is_empty() {
+        return Err(SpawnError::Invalid("empty command name".into()));
+    }
+    let argv_c: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes(), "an argument"))
+        .collect::<Result<_, _>>()?;
+    let env_c: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstr(&kv, "the environment")
+        })
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    let (err_r, err_w) = pipe_cloexec().map_err(SpawnError::Clone)?;
+    let mut ctx = ChildCtx {
+        candidates: candidates(program.as_bytes(), std::env::var_os("PATH"))?,
+        argv,
+        envp,
+        join_fd: None,
+        err_fd: err_w.as_raw_fd(),
+        tty: spec.foreground_tty,
+        sigmask: *spec.sigmask.as_ref(),
+        nofile: spec.nofile,
+    };
+
+    let (pid, pidfd, method) = match spec.method {
+        SpawnMethod::Clone3 => {
+            let dir = spec.cgroup.open_dir()?;
+            match clone3_into(&dir, &ctx) {
+                Ok((pid, pidfd)) => (pid, pidfd, SpawnMethod::Clone3),
+                Err(e) if clone3_refused(&e) => {
+                    tracing::debug!(error = %e, "clone3 into the cgroup refused; the child will join before exec");
+                    fork_join(spec.cgroup, &mut ctx)?
+                }
+                Err(e) => return Err(SpawnError::Clone(e)),
+            }
+        }
+        SpawnMethod::ForkJoin => fork_join(spec.cgroup, &mut ctx)?,
+    };
+    drop(err_w);
+    drop(argv_c);
+
+    // Give the terminal to the child's group from this side too, so that neither order of
+    // the two calls leaves the child in the background.
+    if let Some(tty) = spec.foreground_tty {
+        // SAFETY: plain syscalls.
+        unsafe {
+            libc::setpgid(pid, pid);
+            libc::tcsetpgrp(tty, pid);
+        }
+    }
+
+    // Wait for exec: EOF on the pipe means it happened (the pipe is close-on-exec).
+    let mut buf = [0u8; 5];
+    let n = read_full(&err_r, &mut buf);
+    if n == 5 {
+        // The child failed and exits 127: reap it now, it never ran the command.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        let err = io::Error::from_raw_os_error(errno);
+        let name = program.to_string_lossy().into_owned();
+        return Err(match (buf[0], errno) {
+            (STAGE_JOIN, _) => SpawnError::Join(err),
+            (_, libc::ENOENT) | (_, libc::ENOTDIR) => SpawnError::NotFound(name),
+            _ => SpawnError::NotExecutable {
+                program: name,
+                source: err,
+            },
+        });
+    }
+    Ok(Spawned { pid, pidfd, method })
+}
+
+/// clone3 errors that mean "this kernel or sandbox will not put a child into a cgroup this
+/// way": no clone3 (ENOSYS, < 5.3), no `cgroup` field (E2BIG, 5.3–5.6), a threaded or invalid
+/// target (EOPNOTSUPP, EINVAL, EBUSY), or a seccomp filter (EPERM). Resource shortages are
+/// real errors.
+fn clone3_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOSYS
+                | libc::E2BIG
+                | libc::EOPNOTSUPP
+                | libc::EINVAL
+                | libc::EBUSY
+                | libc::EPERM
+        )
+    )
+}
+
+fn clone3_into(dir: &OwnedFd, ctx: &ChildCtx) -> io::Result<(i32, PidFd)> {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: without CLONE_VM, clone3 behaves like fork: the child gets a copy of our memory
+    // and returns 0 here; it then runs only async-signal-safe code in `child_exec`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if rc == 0 {
+        child_exec(ctx);
+    }
+    // SAFETY: the kernel stored a fresh pidfd for us.
+    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((rc as i32, PidFd::from_owned(fd, rc as i32)))
+}
+
+fn fork_join(cg: &Cgroup, ctx: &mut ChildCtx) -> Result<(i32, PidFd, SpawnMethod), SpawnError> {
+    let procs = cg.open_procs_for_join()?;
+    ctx.join_fd = Some(procs.as_raw_fd());
+    // SAFETY: the child runs only async-signal-safe code in `child_exec`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Clone(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        child_exec(ctx);
+    }
+    drop(procs);
+    // The child is ours and unreaped, so its pid cannot be reused before this open.
+    let pidfd = PidFd::open(pid)
+        .map_err(SpawnError::Clone)?
+        .ok_or_else(|| SpawnError::Clone(io::Error::from_raw_os_error(libc::ESRCH)))?;
+    Ok((pid, pidfd, SpawnMethod::ForkJoin))
+}
+
+/// The child, between clone and exec. Async-signal-safe calls only.
+fn child_exec(ctx: &ChildCtx) -> ! {
+    // SAFETY: raw syscalls on data prepared by the parent; nothing here allocates.
+    unsafe {
+        if let Some(fd) = ctx.join_fd {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                child_fail(ctx.err_fd, STAGE_JOIN, errno());
+            }
+        }
+        // Its own process group, so that a terminal's job control and a group signal address
+        // the job, not cgjob.
+        libc::setpgid(0, 0);
+        if let Some(tty) = ctx.tty {
+            // SIGTTOU is still blocked here, so this succeeds from the background.
+            libc::tcsetpgrp(tty, libc::getpid());
+        }
+        // Rust's runtime ignores SIGPIPE; the command must get the default back.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if let Some(lim) = ctx.nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &ctx.sigmask, std::ptr::null_mut());
+
+        let mut saw_eacces = false;
+        let mut last = libc::ENOENT;
+        for c in &ctx.candidates {
+            libc::execve(c.as_ptr(), ctx.argv.as_ptr(), ctx.envp.as_ptr());
+            last = errno();
+            match last {
+                libc::EACCES => saw_eacces = true,
+                // As execvp: keep searching past these.
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => break,
+            }
+        }
+        if saw_eacces && matches!(last, libc::ENOENT | libc::ENOTDIR) {
+            last = libc::EACCES;
+        }
+        child_fail(ctx.err_fd, STAGE_EXEC, last)
+    }
+}
+
+fn child_fail(fd: RawFd, stage: u8, err: i32) -> ! {
+    let e = err.to_le_bytes();
+    let buf = [stage, e[0], e[1], e[2], e[3]];
+    // SAFETY: async-signal-safe write and _exit.
+    unsafe {
+        libc::write(fd, buf.as_ptr().cast(), buf.len());
+        libc::_exit(127)
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads the thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled tail of buf.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    got
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_into_cgroup_is_bit_33() {
+        assert_eq!(CLONE_INTO_CGROUP, 1u64 << 33);
+        assert_eq!(std::mem::size_of::<CloneArgs>(), 88);
+    }
+
+    #[test]
+    fn candidates_follow_path() {
+        let c = candidates(b"prog", Some("/a::/b".into())).unwrap();
+        let got: Vec<&str> = c.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(got, vec!["/a/prog", "./prog", "/b/prog"]);
+        let c = candidates(b"./x/prog", None).unwrap();
+        assert_eq!(c.len(), 1);
+        assert!(candidates(b"a\0b", None).is_err());
+        assert_eq!(candidates(b"p", None).unwrap().len(), 3);
+    }
+}
