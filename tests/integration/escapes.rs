@@ -1,0 +1,355 @@
+//! One test per way a process tries to outlive its job. Each asserts: cgjob ends in bounded
+//! time with the command's status, nothing carrying the job's marker is alive, the job cgroup
+//! is gone, and the leftovers were reported.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Run a bash script as the job and return its record, asserting the common invariant.
+fn contain(t: &TestJob, extra: &[&str], body: &str, want_code: i32) -> serde_json::Value {
+    let script = t.script("job.sh", body);
+    let mut args: Vec<&str> = vec!["--json", "--grace", "1s"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "bash", &script]);
+    let o = run_bounded(t.run_cmd(&args), LIMIT);
+    assert_eq!(
+        code(&o),
+        want_code,
+        "exit status; stderr:\n{}",
+        stderr_of(&o)
+    );
+    t.assert_clean();
+    let rec = record_of(&o);
+    assert_eq!(rec["cgroup_removed"], true);
+    assert_eq!(rec["exit_status"], want_code);
+    rec
+}
+
+fn ended_by(rec: &serde_json::Value) -> Vec<String> {
+    rec["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ended_by"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn background_child() {
+    let t = TestJob::new("bg");
+    let rec = contain(&t, &[], "sleep 1000 & echo $! > $TMPD/pids; exit 0", 0);
+    assert_eq!(leftover_cmds(&rec), vec!["sleep 1000"]);
+    let l = &rec["leftovers"][0];
+    assert_eq!(l["pid"], t.pids_in("pids")[0]);
+    assert_eq!(l["ended_by"], "exited-during-grace");
+    assert_eq!(l["in_cgroup"], true);
+    assert_eq!(l["uid"], 0);
+    assert_eq!(l["state"], "S");
+    assert!(l["start_time"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn nohup_and_disown() {
+    let t = TestJob::new("nohup");
+    let rec = contain(
+        &t,
+        &[],
+        "nohup sleep 1001 >/dev/null 2>&1 & disown; sleep 0.3; exit 0",
+        0,
+    );
+    assert_eq!(leftover_cmds(&rec), vec!["sleep 1001"]);
+}
+
+#[test]
+fn setsid_double_fork_daemon() {
+    let t = TestJob::new("daemon");
+    // fork, setsid, fork again, the middle process exits: the daemon has no parent left.
+    let rec = contain(
+        &t,
+        &[],
+        "setsid bash -c 'sleep 1002 & exit 0' </dev/null >/dev/null 2>&1; sleep 0.3; exit 5",
+        5,
+    );
+    let l = &rec["leftovers"][0];
+    assert_eq!(leftover_cmds(&rec), vec!["sleep 1002"]);
+    assert_eq!(
+        l["ppid"], rec["supervisor_pid"],
+        "reparented to cgjob, the subreaper: {rec}"
+    );
+}
+
+#[test]
+fn new_process_group() {
+    let t = TestJob::new("pgrp");
+    let rec = contain(
+        &t,
+        &[],
+        "python3 -c 'import os,time\nos.setpgid(0,0)\ntime.sleep(1003)' & sleep 0.3; exit 0",
+        0,
+    );
+    assert_eq!(leftover_comms(&rec), vec!["python3"], "{rec}");
+}
+
+#[test]
+fn ignores_term_and_hup() {
+    let t = TestJob::new("ignore");
+    let start = Instant::now();
+    let rec = contain(
+        &t,
+        &[],
+        "bash -c 'trap \"\" TERM HUP; sleep 1004' & sleep 0.3; exit 0",
+        0,
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // Killed, not exited: bash ignored SIGTERM through the grace period (its sleep did not).
+    assert!(ended_by(&rec).contains(&"killed".to_string()), "{rec}");
+    assert!(rec["kill_passes"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn sigstopped_process() {
+    let t = TestJob::new("stopped");
+    let rec = contain(
+        &t,
+        &[],
+        "bash -c 'trap \"\" TERM; sleep 1005' & p=$!; sleep 0.2; kill -STOP $p; sleep 0.2; exit 0",
+        0,
+    );
+    // (bash may exec its last command: the stopped process is the sleep either way)
+    let l = &rec["leftovers"][0];
+    assert_eq!(l["state"], "T", "recorded as stopped: {rec}");
+    assert_eq!(l["ended_by"], "killed");
+}
+
+/// A pid-hopper (forks a copy of itself and exits, forever, ignoring SIGTERM) and a shell that
+/// forks without pause: a killer that lists pids and signals them one by one keeps missing
+/// the newest. Few are alive at any moment, so this is bounded without a limit.
+const CHASERS: &str = r#"
+python3 -c '
+import os, signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    if os.fork() != 0:
+        os._exit(0)
+' &
+bash -c 'trap "" TERM; while :; do (trap "" TERM; sleep 0.01) & wait; done' &
+sleep 0.5
+exit 0
+"#;
+
+#[test]
+fn keeps_forking_while_killed() {
+    let t = TestJob::new("chaser");
+    let rec = contain(&t, &[], CHASERS, 0);
+    assert_eq!(rec["kill_method"], "cgroup-kill");
+    assert!(ended_by(&rec).contains(&"killed".to_string()), "{rec}");
+}
+
+#[test]
+fn keeps_forking_while_killed_freeze_fallback() {
+    let t = TestJob::new("chaserfrz");
+    let rec = contain(&t, &["--kill-method", "freeze"], CHASERS, 0);
+    assert_eq!(rec["kill_method"], "freeze");
+    assert!(ended_by(&rec).contains(&"killed".to_string()), "{rec}");
+}
+
+#[test]
+fn bounded_fork_bomb() {
+    let mut t = TestJob::new("bomb");
+    // Safety net on this host: a v1 pids cgroup that cgjob (and so the whole job) runs in.
+    // v1 membership is independent of v2, so containment is still cgjob's alone.
+    let net = pids_net(&mut t, 2500);
+    // Every process forks two children, then sleeps ignoring TERM: depth 10 → at most 2047.
+    let script = t.script(
+        "bomb.sh",
+        "bomb() { local d=$1; if [ $d -lt 10 ]; then bomb $((d+1)) & bomb $((d+1)) & fi; trap '' TERM; exec sleep 1007; }\nbomb 0 &\nsleep 3\nexit 0",
+    );
+    let mut cmd = t.run_cmd(&["--json", "--grace", "0.5s", "--", "bash", &script]);
+    join_before_exec(&mut cmd, net.as_deref());
+    let o = run_bounded(cmd, Duration::from_secs(120));
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    t.assert_clean();
+    let rec = record_of(&o);
+    let n = rec["leftovers"].as_array().unwrap().len();
+    assert!(
+        n > 200,
+        "a bomb of that size leaves many processes; recorded {n}"
+    );
+}
+
+#[test]
+fn never_reaped_zombies() {
+    let t = TestJob::new("zombies");
+    // 300 children exit at once; their parent then execs sleep, which never reaps them.
+    let rec = contain(
+        &t,
+        &[],
+        "bash -c 'for i in $(seq 300); do (exit 0) & echo $! >> $TMPD/zpids; done; exec sleep 1008' & sleep 1; exit 0",
+        0,
+    );
+    let zpids = t.pids_in("zpids");
+    assert_eq!(zpids.len(), 300);
+    let orphaned = orphaned_zombies(&zpids);
+    assert!(
+        orphaned.is_empty(),
+        "zombies left for PID 1 to reap: {orphaned:?}"
+    );
+    assert_eq!(leftover_cmds(&rec), vec!["sleep 1008"]);
+}
+
+#[test]
+fn grandchild_holding_stdout() {
+    let t = TestJob::new("stdout");
+    // The grandchild keeps the job's stdout open; a caller reading cgjob's stdout to EOF must
+    // not hang, because the grandchild is gone when cgjob returns.
+    let start = Instant::now();
+    let o = run_bounded(
+        t.run_cmd(&[
+            "--grace",
+            "0.5s",
+            "--",
+            "sh",
+            "-c",
+            "(sleep 1009; echo late) & echo early; exit 7",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 7);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "early\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    t.assert_clean();
+}
+
+#[test]
+fn reexec_under_another_name_after_reparenting() {
+    let t = TestJob::new("reexec");
+    let rec = contain(
+        &t,
+        &[],
+        "bash -c '(sleep 0.3; trap \"\" TERM; exec -a kworker/0:1 sleep 1010) & exit 0'; sleep 0.8; exit 0",
+        0,
+    );
+    let l = rec["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["cmdline"][0] == "kworker/0:1");
+    let l = l.unwrap_or_else(|| panic!("re-exec'd process not reported: {rec}"));
+    assert_eq!(l["ppid"], rec["supervisor_pid"]);
+}
+
+#[test]
+fn process_that_makes_itself_a_subreaper() {
+    let t = TestJob::new("subreaper");
+    // It becomes a subreaper (PR_SET_CHILD_SUBREAPER = 36), starts a double-forked daemon
+    // under itself, and ignores TERM.
+    let body = r#"python3 -c '
+import ctypes, os, signal, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.system("sh -c \"sleep 1011 &\"")
+time.sleep(1012)
+' &
+sleep 0.5
+exit 0"#;
+    let rec = contain(&t, &[], body, 0);
+    let cmds = leftover_cmds(&rec);
+    assert!(cmds.contains(&"sleep 1011".to_string()), "{cmds:?}");
+    assert!(
+        leftover_comms(&rec).contains(&"python3".to_string()),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn root_job_migrates_itself_to_another_cgroup() {
+    let mut t = TestJob::new("migrate");
+    let elsewhere = t.outside_cgroup("elsewhere");
+    let body = format!(
+        "bash -c 'echo $BASHPID > {}/cgroup.procs; trap \"\" TERM; exec sleep 1013' & sleep 0.3; exit 0",
+        elsewhere.display()
+    );
+    let rec = contain(&t, &[], &body, 0);
+    let l = rec["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["cmdline"][0] == "sleep");
+    let l = l.unwrap_or_else(|| panic!("escapee not reported: {rec}"));
+    assert_eq!(
+        l["in_cgroup"], false,
+        "reported as having left the cgroup: {rec}"
+    );
+    assert_eq!(l["ended_by"], "killed");
+    assert!(procs(&elsewhere).is_empty());
+}
+
+#[test]
+fn main_killed_by_a_signal() {
+    let t = TestJob::new("mainsig");
+    let rec = contain(&t, &[], "sleep 1014 & sleep 0.3; kill -KILL $$", 137);
+    assert_eq!(rec["exit"]["signal"]["signal"], 9);
+    assert_eq!(leftover_cmds(&rec), vec!["sleep 1014"]);
+}
+
+#[test]
+fn cgjob_sigkilled_mid_job() {
+    let t = TestJob::new("sigkill");
+    let script = t.script(
+        "job.sh",
+        "setsid bash -c 'trap \"\" TERM; sleep 1015' & sleep 1016 & echo ready > $TMPD/ready; wait",
+    );
+    let mut child = t.run_cmd(&["--", "bash", &script]).spawn().unwrap();
+    t.wait_for("the job to start", Duration::from_secs(10), || {
+        t.path("ready").exists()
+    });
+    t.wait_for("both sleeps", Duration::from_secs(10), || {
+        procs(&t.job_cgroup()).len() >= 3
+    });
+    let killed_at = Instant::now();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    t.wait_for("the guardian to clean up", Duration::from_secs(3), || {
+        t.survivors().is_empty() && !t.job_cgroup().exists()
+    });
+    assert!(killed_at.elapsed() < Duration::from_secs(3));
+    t.assert_clean();
+}
+
+/// A v1 pids cgroup with `max`, as a fork-bomb safety net; `None` where v1 pids is not mounted.
+fn pids_net(t: &mut TestJob, max: u32) -> Option<PathBuf> {
+    let v1 = Path::new("/sys/fs/cgroup/pids");
+    if !v1.join("cgroup.procs").exists() {
+        return None;
+    }
+    let p = v1.join(format!("cgjob-test-{}", t.name));
+    std::fs::create_dir_all(&p).ok()?;
+    std::fs::write(p.join("pids.max"), max.to_string()).ok()?;
+    t.on_drop_remove(p.clone());
+    Some(p)
+}
+
+fn join_before_exec(cmd: &mut std::process::Command, cg: Option<&Path>) {
+    use std::os::unix::process::CommandExt;
+    let Some(cg) = cg else { return };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.join("cgroup.procs"))
+        .unwrap();
+    // SAFETY: only a write(2) on an already open fd between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::io::Write;
+            (&f).write_all(b"0")?;
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,8 @@
+//! Real-kernel tests of the built `cgjob` binary, as root. Each test owns a uniquely named
+//! cgroup and cleans it up whatever happens (see `util`).
+
+mod util;
+
+mod errors;
+mod escapes;
+mod run;
