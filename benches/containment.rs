@@ -647,8 +647,32 @@ fn teardown_raw(mount: &Path, n: usize, run: usize) -> Result<Duration> {
     Ok(d)
 }
 
-/// One cgjob run; returns SIGTERM → cgjob exited.
-fn teardown_cgjob(mount: &Path, n: usize, run: usize) -> Result<(Duration, ExitStatus)> {
+/// One cgjob run; returns SIGTERM → cgjob exited, cgjob's exit status and its stderr
+/// (which is kept out of the report unless something goes wrong).
+fn teardown_cgjob(mount: &Path, n: usize, run: usize) -> Result<(Duration, ExitStatus, String)> {
+    let mut err_file = tempfile::tempfile().map_err(|e| format!("tempfile: {e}"))?;
+    let err_out = err_file
+        .try_clone()
+        .map_err(|e| format!("dup tempfile: {e}"))?;
+    let r = teardown_cgjob_inner(mount, n, run, err_out);
+    // By now cgjob has exited (or its guard has stopped it).
+    let mut stderr = String::new();
+    let _ = err_file.seek(SeekFrom::Start(0));
+    let _ = err_file.read_to_string(&mut stderr);
+    let stderr = stderr.trim_end().to_string();
+    match r {
+        Ok((d, st)) => Ok((d, st, stderr)),
+        Err(e) if stderr.is_empty() => Err(e),
+        Err(e) => Err(format!("{e}\n--- cgjob stderr ---\n{stderr}")),
+    }
+}
+
+fn teardown_cgjob_inner(
+    mount: &Path,
+    n: usize,
+    run: usize,
+    stderr: File,
+) -> Result<(Duration, ExitStatus)> {
     let name = format!("bench-{}-{run}", std::process::id());
     let cg_path = mount.join("cgjob").join(&name);
     if cg_path.exists() {
@@ -658,7 +682,8 @@ fn teardown_cgjob(mount: &Path, n: usize, run: usize) -> Result<(Duration, ExitS
     cmd.args(["run", "--name", &name, "--", "/bin/sh", "-c"])
         .arg(sleeper_script(n))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
     let mut child = ChildGuard::new(cmd.spawn().map_err(|e| format!("spawn cgjob: {e}"))?);
     // Declared after `child`, so it drops first: the job is killed before cgjob is.
     let cg = CgroupGuard::adopt(cg_path.clone());
@@ -818,9 +843,12 @@ fn run() -> Result<bool> {
     for i in 0..kill_runs {
         raw.push(teardown_raw(&mount, nprocs, i)?);
         if cgjob_ok {
-            let (d, status) = teardown_cgjob(&mount, nprocs, i)?;
+            let (d, status, stderr) = teardown_cgjob(&mount, nprocs, i)?;
             if i == 0 {
-                println!("teardown cgjob exit status after SIGTERM: {status}");
+                println!("teardown cgjob run 0: {status} after SIGTERM; its stderr:");
+                for line in stderr.lines().take(5) {
+                    println!("    {line}");
+                }
             }
             cg.push(d);
         }

@@ -332,23 +332,32 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
 
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> Output {
     let end = Instant::now() + limit;
-    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
-    let mut so = child.stdout.take();
-    let mut se = child.stderr.take();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(s) = so.as_mut() {
-            let _ = s.read_to_end(&mut v);
-        }
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(s) = se.as_mut() {
-            let _ = s.read_to_end(&mut v);
-        }
-        v
-    });
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe; the readers
+    // are waited for with the same bound (a process that outlives cgjob holding its stdout
+    // would otherwise hang the test instead of failing it).
+    let reader = |p: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut s) = p {
+                let _ = s.read_to_end(&mut v);
+            }
+            let _ = tx.send(v);
+        });
+        rx
+    };
+    let r1 = reader(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let r2 = reader(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
@@ -360,8 +369,15 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let stdout = t1.join().unwrap();
-    let stderr = t2.join().unwrap();
+    let left = end
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    let stdout = r1
+        .recv_timeout(left)
+        .expect("something still holds cgjob's stdout open after it exited");
+    let stderr = r2
+        .recv_timeout(left)
+        .expect("something still holds cgjob's stderr open after it exited");
     Output {
         status,
         stdout,
