@@ -2,8 +2,8 @@
 //! cgroup interface file goes through here, and every error carries the path, the operation and
 //! the data written.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::OpenOptions;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// A failed cgroupfs operation.
@@ -41,11 +41,8 @@ impl CgroupFsError {
 
 /// Read a whole cgroupfs file as text.
 pub fn read(path: &Path) -> Result<String, CgroupFsError> {
-    let mut s = String::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_string(&mut s))
-        .map_err(|e| CgroupFsError::new("read", path, e))?;
-    Ok(s)
+    crate::process::procinfo::read_pseudo_string(path)
+        .map_err(|e| CgroupFsError::new("read", path, e))
 }
 
 /// Write `data` to a cgroupfs file in a single `write(2)`: cgroupfs parses each write as a

@@ -83,7 +83,8 @@ pub fn choose(mounts: &[Cgroup2Mount]) -> Option<&Cgroup2Mount> {
 
 /// Find the cgroup2 mount of this host.
 pub fn find() -> Result<Cgroup2Mount, MountError> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::Read)?;
+    let text = crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo")
+        .map_err(MountError::Read)?;
     let mounts = parse_mountinfo(&text);
     choose(&mounts).cloned().ok_or(MountError::NotMounted)
 }
@@ -93,7 +94,8 @@ pub fn at(path: &Path) -> Result<Cgroup2Mount, MountError> {
     if !is_cgroup2(path) {
         return Err(MountError::NotCgroup2(path.to_owned()));
     }
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::Read)?;
+    let text = crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo")
+        .map_err(MountError::Read)?;
     // The mount this path lives on: the longest mount point that is a prefix of it.
     let mounts = parse_mountinfo(&text);
     let m = mounts

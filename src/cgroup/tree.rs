@@ -115,6 +115,12 @@ impl Cgroup {
     /// EBUSY for a moment after the last task left (the kernel still unlinks exiting tasks), so
     /// retry with backoff as runc does (10 tries from 1 ms doubling); ENOENT means done.
     pub fn remove(&self) -> Result<(), CgroupFsError> {
+        // The common case, a job that made no sub-cgroups: one rmdir.
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(_) => {}
+        }
         let tree = match self.subtree() {
             Ok(t) => t,
             Err(e) if e.is_gone() => return Ok(()),

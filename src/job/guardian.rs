@@ -51,11 +51,33 @@ impl Guardian {
     }
 
     /// The job is over: tell the guardian to exit, and reap it.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.dismiss().reap();
+    }
+
+    /// Tell the guardian to exit, without waiting for it.
+    pub fn dismiss(mut self) -> Dismissed {
         if let Some(tx) = self.tx.take() {
             // SAFETY: one-byte write to our pipe.
             unsafe { libc::write(tx.as_raw_fd(), [DONE].as_ptr().cast(), 1) };
         }
+        Dismissed { pid: self.pid }
+    }
+}
+
+/// A guardian told to exit. Dropping it reaps it (it exits at once), so that it never lingers
+/// as a zombie, whichever way cgjob leaves.
+#[derive(Debug)]
+pub struct Dismissed {
+    pid: i32,
+}
+
+impl Dismissed {
+    pub fn reap(self) {}
+}
+
+impl Drop for Dismissed {
+    fn drop(&mut self) {
         let _ = waitpid(Pid::from_raw(self.pid), None);
     }
 }

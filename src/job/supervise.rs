@@ -97,9 +97,6 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
 
     let method = kill::resolve(&cg, cfg.kill)?;
     let events = EventsFile::open(cg.path())?;
-    if let Err(e) = meta::write(&cg, &JobMeta::for_self("run")) {
-        tracing::warn!(error = %e, "cannot record the job's owner on its cgroup; `cgjob gc` will not recognise it");
-    }
 
     let set = signals::supervisor_set();
     let old_mask = set
@@ -109,6 +106,8 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         .map_err(RunError::setup("create a signalfd"))?;
     reap::become_subreaper().map_err(RunError::setup("become a child subreaper"))?;
     let nofile = raise_nofile();
+    // The guardian exists before the job does: there is no moment at which killing cgjob
+    // would leave the job running unsupervised.
     let guardian = Guardian::start(&cg, method).map_err(|source| RunError::Setup {
         what: "start the guardian process",
         source,
@@ -123,25 +122,41 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         sigmask: old_mask,
         nofile,
     };
-    let child = match spawn::spawn(&spec) {
+    let launch = match spawn::spawn(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            guardian.release();
+            return Err(e.into());
+        }
+    };
+
+    // While the kernel loads the command on another CPU, finish what need not come first.
+    if let Err(e) = meta::write(&cg, &JobMeta::for_self("run")) {
+        tracing::warn!(error = %e, "cannot record the job's owner on its cgroup; `cgjob gc` will not recognise it");
+    }
+    let setup = || -> Result<Epoll, RunError> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(RunError::setup("create an epoll set"))?;
+        let add = |fd: BorrowedFd<'_>, flags: EpollFlags, tag: u64| {
+            epoll
+                .add(fd, EpollEvent::new(flags, tag))
+                .map_err(RunError::setup("watch a descriptor"))
+        };
+        add(sfd.as_fd(), EpollFlags::EPOLLIN, TAG_SIGNAL)?;
+        add(launch.pidfd().as_fd(), EpollFlags::EPOLLIN, TAG_MAIN)?;
+        add(events.fd(), EpollFlags::EPOLLPRI, TAG_EVENTS)?;
+        Ok(epoll)
+    };
+    let epoll = setup();
+    let child = match launch.wait_exec() {
         Ok(c) => c,
         Err(e) => {
             guardian.release();
             return Err(e.into());
         }
     };
+    let epoll = epoll?;
     tracing::info!(pid = child.pid, cgroup = %cg.path().display(), method = ?child.method, "started");
-
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
-        .map_err(RunError::setup("create an epoll set"))?;
-    let add = |fd: BorrowedFd<'_>, flags: EpollFlags, tag: u64| {
-        epoll
-            .add(fd, EpollEvent::new(flags, tag))
-            .map_err(RunError::setup("watch a descriptor"))
-    };
-    add(sfd.as_fd(), EpollFlags::EPOLLIN, TAG_SIGNAL)?;
-    add(child.pidfd.as_fd(), EpollFlags::EPOLLIN, TAG_MAIN)?;
-    add(events.fd(), EpollFlags::EPOLLPRI, TAG_EVENTS)?;
     // From here on the job runs: its cgroup is removed by the end-of-job sweep, not on error.
     cleanup.0 = None;
 
@@ -190,13 +205,13 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         // SAFETY: plain syscalls; SIGTTOU is blocked, so this works from the background.
         unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
     }
-    guardian.release();
+    // Dismissed now, the guardian exits while the record is built; it is reaped last.
+    let guardian = guardian.dismiss();
     res?;
-
     let timeout_phase = sup.esc.timeout_phase();
     let exit_status = policy::exit_status(sup.main_exit, timeout_phase, unkillable);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    Ok(JobRecord {
+    let record = JobRecord {
         version: 1,
         name: name.to_string(),
         cgroup: cg.path().to_owned(),
@@ -228,7 +243,9 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         cpu,
         unkillable,
         cgroup_removed: removed,
-    })
+    };
+    guardian.reap();
+    Ok(record)
 }
 
 struct Supervisor<'a> {

@@ -3,6 +3,36 @@
 
 use std::path::{Path, PathBuf};
 
+/// Read a pseudo-file (procfs, cgroupfs) whole. Such files report size 0, so std's
+/// `read_to_string` probes with 32-byte reads and doubles; one 4 KiB read is one syscall.
+pub fn read_pseudo(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let len = buf.len();
+        if buf.capacity() - len < 1024 {
+            buf.reserve(buf.capacity());
+        }
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        match f.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`read_pseudo`] as text.
+pub fn read_pseudo_string(path: impl AsRef<Path>) -> std::io::Result<String> {
+    read_pseudo(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// What `/proc/PID/stat` says (fields after the `(comm)` are counted from the last `)`, since
 /// a command name may hold spaces and parentheses).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +62,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 pub fn read_stat(pid: i32) -> Option<Stat> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&read_pseudo_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Real uid from the `Uid:` line of `/proc/PID/status`.
@@ -44,7 +74,7 @@ pub fn parse_status_uid(text: &str) -> Option<u32> {
 }
 
 pub fn read_uid(pid: i32) -> Option<u32> {
-    parse_status_uid(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    parse_status_uid(&read_pseudo_string(format!("/proc/{pid}/status")).ok()?)
 }
 
 /// The command line, NUL-separated in /proc (empty for kernel threads and zombies).
@@ -59,7 +89,7 @@ pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
 }
 
 pub fn read_cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
+    read_pseudo(format!("/proc/{pid}/cmdline"))
         .map(|b| parse_cmdline(&b))
         .unwrap_or_default()
 }
@@ -73,7 +103,7 @@ pub fn parse_cgroup2_path(text: &str) -> Option<PathBuf> {
 }
 
 pub fn read_cgroup2_path(pid: i32) -> Option<PathBuf> {
-    parse_cgroup2_path(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+    parse_cgroup2_path(&read_pseudo_string(format!("/proc/{pid}/cgroup")).ok()?)
 }
 
 /// The kernel function a sleeping task waits in (`0` when running or unknown).
@@ -121,7 +151,7 @@ pub fn children(pid: i32) -> Option<Vec<i32>> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            if let Ok(s) = read_pseudo_string(t.path().join("children")) {
                 out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
             }
         }

@@ -29,6 +29,26 @@ pub fn supervisor_set() -> SigSet {
     s
 }
 
+static SIGPIPE_WAS_IGNORED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Ignore SIGPIPE in cgjob, remembering whether it was ignored already (by whoever started
+/// cgjob), so that the command gets it as it was.
+pub fn ignore_sigpipe() {
+    // SAFETY: installs SIG_IGN; the previous handler is only compared.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    SIGPIPE_WAS_IGNORED.store(old == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The SIGPIPE disposition the command should get: what cgjob was started with.
+pub fn inherited_sigpipe() -> libc::sighandler_t {
+    if SIGPIPE_WAS_IGNORED.load(std::sync::atomic::Ordering::Relaxed) {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    }
+}
+
 /// Parse a signal given as a name with or without `SIG` (any case) or as a number.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let t = s.trim();

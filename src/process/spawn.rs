@@ -106,6 +106,7 @@ struct ChildCtx {
     tty: Option<RawFd>,
     sigmask: libc::sigset_t,
     nofile: Option<libc::rlimit>,
+    sigpipe: libc::sighandler_t,
 }
 
 fn cstr(s: &[u8], what: &str) -> Result<CString, SpawnError> {
@@ -129,8 +130,8 @@ fn candidates(program: &[u8], path: Option<OsString>) -> Result<Vec<CString>, Sp
     Ok(out)
 }
 
-/// Start `spec.argv` in `spec.cgroup`.
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+/// Start `spec.argv` in `spec.cgroup`. The exec is still under way when this returns.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
     let program = spec
         .argv
         .first()
@@ -166,6 +167,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         tty: spec.foreground_tty,
         sigmask: *spec.sigmask.as_ref(),
         nofile: spec.nofile,
+        sigpipe: super::signals::inherited_sigpipe(),
     };
 
     let (pid, pidfd, method) = match spec.method {
@@ -194,26 +196,50 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
             libc::tcsetpgrp(tty, pid);
         }
     }
+    Ok(Started {
+        spawned: Spawned { pid, pidfd, method },
+        err_r,
+        program: program.to_string_lossy().into_owned(),
+    })
+}
 
-    // Wait for exec: EOF on the pipe means it happened (the pipe is close-on-exec).
-    let mut buf = [0u8; 5];
-    let n = read_full(&err_r, &mut buf);
-    if n == 5 {
-        // The child failed and exits 127: reap it now, it never ran the command.
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+/// A child between clone and exec: the caller may do other work while the kernel loads the
+/// command, then learns from [`Started::wait_exec`] whether the exec happened.
+#[derive(Debug)]
+pub struct Started {
+    spawned: Spawned,
+    err_r: OwnedFd,
+    program: String,
+}
+
+impl Started {
+    pub fn pid(&self) -> i32 {
+        self.spawned.pid
+    }
+
+    pub fn pidfd(&self) -> &PidFd {
+        &self.spawned.pidfd
+    }
+
+    /// Wait for the exec: EOF on the close-on-exec pipe means it happened; five bytes mean
+    /// it failed (the child then exits 127 and is reaped here: it never ran the command).
+    pub fn wait_exec(self) -> Result<Spawned, SpawnError> {
+        let mut buf = [0u8; 5];
+        if read_full(&self.err_r, &mut buf) != 5 {
+            return Ok(self.spawned);
+        }
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.spawned.pid), None);
         let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
         let err = io::Error::from_raw_os_error(errno);
-        let name = program.to_string_lossy().into_owned();
-        return Err(match (buf[0], errno) {
+        Err(match (buf[0], errno) {
             (STAGE_JOIN, _) => SpawnError::Join(err),
-            (_, libc::ENOENT) | (_, libc::ENOTDIR) => SpawnError::NotFound(name),
+            (_, libc::ENOENT) | (_, libc::ENOTDIR) => SpawnError::NotFound(self.program),
             _ => SpawnError::NotExecutable {
-                program: name,
+                program: self.program,
                 source: err,
             },
-        });
+        })
     }
-    Ok(Spawned { pid, pidfd, method })
 }
 
 /// clone3 errors that mean "this kernel or sandbox will not put a child into a cgroup this
@@ -298,8 +324,8 @@ fn child_exec(ctx: &ChildCtx) -> ! {
             // SIGTTOU is still blocked here, so this succeeds from the background.
             libc::tcsetpgrp(tty, libc::getpid());
         }
-        // Rust's runtime ignores SIGPIPE; the command must get the default back.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // cgjob ignores SIGPIPE; the command gets the disposition cgjob was started with.
+        libc::signal(libc::SIGPIPE, ctx.sigpipe);
         if let Some(lim) = ctx.nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
