@@ -124,3 +124,82 @@ pub fn kill_pass(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake cgroup directory with the given interface files.
+    fn fake(files: &[&str]) -> (tempfile::TempDir, Cgroup) {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        std::fs::write(d.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let cg = Cgroup::at(d.path());
+        (d, cg)
+    }
+
+    #[test]
+    fn method_follows_what_the_kernel_offers() {
+        use KillRequest::*;
+        let cases: &[(&[&str], KillRequest, Option<KillMethod>)] = &[
+            (
+                &["cgroup.kill", "cgroup.freeze"],
+                Auto,
+                Some(KillMethod::CgroupKill),
+            ),
+            (&["cgroup.freeze"], Auto, Some(KillMethod::Freeze)),
+            (&[], Auto, None),
+            (
+                &["cgroup.kill", "cgroup.freeze"],
+                Freeze,
+                Some(KillMethod::Freeze),
+            ),
+            (&["cgroup.freeze"], CgroupKill, None),
+            (&["cgroup.kill"], CgroupKill, Some(KillMethod::CgroupKill)),
+            (&["cgroup.kill"], Freeze, None),
+        ];
+        for (files, req, want) in cases {
+            let (_d, cg) = fake(files);
+            assert_eq!(resolve(&cg, *req).ok(), *want, "{files:?} {req:?}");
+        }
+        let (_d, cg) = fake(&["cgroup.freeze"]);
+        let e = resolve(&cg, CgroupKill).unwrap_err().to_string();
+        assert!(e.contains("5.14") && e.contains("--kill-method"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_kill_pass_writes_one() {
+        let (_d, cg) = fake(&["cgroup.kill", "cgroup.freeze"]);
+        let ev = EventsFile::open(cg.path()).unwrap();
+        kill_pass(&cg, &ev, KillMethod::CgroupKill, Instant::now()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(cg.file("cgroup.kill")).unwrap(),
+            "1"
+        );
+    }
+
+    #[test]
+    fn freeze_pass_freezes_signals_and_thaws() {
+        // The fake kernel confirms the freeze; the process list is empty, so nothing is
+        // signalled; the pass must leave the cgroup thawed.
+        let (_d, cg) = fake(&["cgroup.freeze", "cgroup.procs"]);
+        std::fs::write(cg.file("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        let ev = EventsFile::open(cg.path()).unwrap();
+        kill_pass(&cg, &ev, KillMethod::Freeze, Instant::now()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(cg.file("cgroup.freeze")).unwrap(),
+            "0"
+        );
+    }
+
+    #[test]
+    fn a_vanished_cgroup_is_not_an_error() {
+        let (d, cg) = fake(&["cgroup.kill"]);
+        let ev = EventsFile::open(cg.path()).unwrap();
+        std::fs::remove_file(d.path().join("cgroup.kill")).unwrap();
+        kill_pass(&cg, &ev, KillMethod::CgroupKill, Instant::now()).unwrap();
+        thaw(&Cgroup::at(d.path().join("gone"))).unwrap();
+    }
+}

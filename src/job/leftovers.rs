@@ -2,7 +2,7 @@
 //! among cgjob's descendants that left it — recorded with what /proc says of them, and followed
 //! through pidfds until they are gone. The Grid Engine "rogue process" report, as data.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -52,6 +52,39 @@ pub struct Leftover {
 }
 
 impl Leftover {
+    /// Describe a live process from its `stat` and a few more reads.
+    fn read(stat: &procinfo::Stat, in_cgroup: bool, boot: Option<u64>, ticks: u64) -> Leftover {
+        let pid = stat.pid;
+        let pidfd = PidFd::open(pid).ok().flatten();
+        let uid = pidfd
+            .as_ref()
+            .and_then(|p| p.info())
+            .map(|i| i.ruid)
+            .or_else(|| procinfo::read_uid(pid));
+        let start_time = boot.map(|b| {
+            let secs = b + stat.start_ticks / ticks;
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string()
+        });
+        Leftover {
+            pid,
+            ppid: stat.ppid,
+            uid,
+            state: stat.state.to_string(),
+            start_time,
+            comm: stat.comm.clone(),
+            cmdline: procinfo::read_cmdline(pid),
+            in_cgroup,
+            ended_by: None,
+            wchan: None,
+            start_ticks: stat.start_ticks,
+            pidfd,
+            termed: false,
+        }
+    }
+
     pub fn pidfd(&self) -> Option<&PidFd> {
         self.pidfd.as_ref()
     }
@@ -109,17 +142,6 @@ impl Tracker {
         t
     }
 
-    /// Descendants of the supervisor that are neither excluded nor listed in the cgroup.
-    fn escaped_candidates(&self, in_cg: &HashSet<i32>) -> Vec<i32> {
-        let Some(sup) = self.supervisor else {
-            return Vec::new();
-        };
-        procinfo::descendants(sup)
-            .into_iter()
-            .filter(|p| !self.exclude.contains(p) && !in_cg.contains(p))
-            .collect()
-    }
-
     /// Whether cgjob has any descendant other than the excluded ones (its guardian). Cheap:
     /// one read of its own `children` file in the common case.
     pub fn has_other_descendants(&self) -> bool {
@@ -128,74 +150,78 @@ impl Tracker {
         };
         match procinfo::children(sup) {
             Some(c) => c.iter().any(|p| !self.exclude.contains(p)),
-            None => !procinfo::descendants(sup)
-                .iter()
-                .all(|p| self.exclude.contains(p)),
+            // No `children` file on this kernel: assume there may be some.
+            None => true,
         }
     }
 
     /// Find processes not seen before: everything in the cgroup's subtree and every live
     /// descendant of cgjob outside it. Returns how many were new.
+    ///
+    /// Escapees are found by walking cgjob's descendants (as a subreaper, every orphan of the
+    /// job is one). The walk uses one pass over /proc/*/stat, whose results also serve the
+    /// records, so a job with thousands of leftovers costs a few reads per process.
     pub fn scan(&mut self, cg: &Cgroup) -> Result<usize, CgroupFsError> {
         let in_cg: HashSet<i32> = match cg.procs_recursive() {
             Ok(p) => p.into_iter().collect(),
             Err(e) if e.is_gone() => HashSet::new(),
             Err(e) => return Err(e),
         };
-        let mut new = 0;
-        for pid in &in_cg {
-            if !self.exclude.contains(pid) && self.record(*pid, true) {
-                new += 1;
-            }
-        }
-        if self.has_other_descendants() {
-            for pid in self.escaped_candidates(&in_cg) {
-                // A child forked after the cgroup was read is still inside: ask /proc.
+        let mut stats: HashMap<i32, procinfo::Stat> = HashMap::new();
+        let mut found: Vec<(i32, bool)> = in_cg
+            .iter()
+            .filter(|p| !self.exclude.contains(p))
+            .map(|p| (*p, true))
+            .collect();
+        if let (Some(sup), true) = (self.supervisor, self.has_other_descendants()) {
+            let all = procinfo::all_stats();
+            for pid in procinfo::descendants_in(sup, &all) {
+                if self.exclude.contains(&pid) || in_cg.contains(&pid) {
+                    continue;
+                }
+                // A child forked after the cgroup was read is inside: ask /proc.
                 let inside = procinfo::read_cgroup2_path(pid)
                     .is_some_and(|p| p.starts_with(&self.cgroup_in_proc));
-                if self.record(pid, inside) {
-                    new += 1;
-                }
+                found.push((pid, inside));
             }
+            stats = all.into_iter().map(|s| (s.pid, s)).collect();
         }
-        Ok(new)
-    }
-
-    /// Record one pid if it is new, alive and not a zombie. Returns whether it was added.
-    fn record(&mut self, pid: i32, in_cgroup: bool) -> bool {
-        let Some(stat) = procinfo::read_stat(pid) else {
-            return false;
-        };
-        if matches!(stat.state, 'Z' | 'X') || !self.seen.insert((pid, stat.start_ticks)) {
-            return false;
-        }
-        let pidfd = PidFd::open(pid).ok().flatten();
-        if self.boot_time.is_none() {
+        // New ones only (a pid is the same process only with the same start time).
+        let todo: Vec<(procinfo::Stat, bool)> = found
+            .into_iter()
+            .filter_map(|(pid, inside)| {
+                let stat = stats.remove(&pid).or_else(|| procinfo::read_stat(pid))?;
+                let new =
+                    !matches!(stat.state, 'Z' | 'X') && self.seen.insert((pid, stat.start_ticks));
+                new.then_some((stat, inside))
+            })
+            .collect();
+        if self.boot_time.is_none() && !todo.is_empty() {
             self.boot_time = procinfo::boot_time();
         }
-        let start_time = self.boot_time.map(|b| {
-            let secs = b + stat.start_ticks / self.ticks;
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-            )
-            .to_string()
-        });
-        self.leftovers.push(Leftover {
-            pid,
-            ppid: stat.ppid,
-            uid: procinfo::read_uid(pid),
-            state: stat.state.to_string(),
-            start_time,
-            comm: stat.comm,
-            cmdline: procinfo::read_cmdline(pid),
-            in_cgroup,
-            ended_by: None,
-            wchan: None,
-            start_ticks: stat.start_ticks,
-            pidfd,
-            termed: false,
-        });
-        true
+        let (boot, ticks) = (self.boot_time, self.ticks);
+        let describe = |part: &[(procinfo::Stat, bool)]| -> Vec<Leftover> {
+            part.iter()
+                .map(|(s, inside)| Leftover::read(s, *inside, boot, ticks))
+                .collect()
+        };
+        // A few /proc reads and a pidfd per process, all CPU: with many, use two CPUs (the
+        // job is frozen meanwhile; nothing else competes).
+        let mut recs = if todo.len() >= 256 {
+            std::thread::scope(|sc| {
+                let (a, b) = todo.split_at(todo.len() / 2);
+                let other = sc.spawn(|| describe(a));
+                let mut mine = describe(b);
+                let mut all = other.join().unwrap_or_default();
+                all.append(&mut mine);
+                all
+            })
+        } else {
+            describe(&todo)
+        };
+        let new = recs.len();
+        self.leftovers.append(&mut recs);
+        Ok(new)
     }
 
     /// Leftovers not gone yet, whatever was done to them.
@@ -220,6 +246,17 @@ impl Tracker {
             }
             if polite {
                 l.termed = true;
+            }
+        }
+    }
+
+    /// SIGCONT the leftovers that were stopped when recorded, so that they act on a SIGTERM.
+    pub fn continue_stopped(&self) {
+        for l in self.leftovers.iter().filter(|l| l.ended_by.is_none()) {
+            if matches!(l.state.as_str(), "T" | "t") {
+                if let Some(p) = &l.pidfd {
+                    let _ = p.send(libc::SIGCONT);
+                }
             }
         }
     }

@@ -444,27 +444,24 @@ impl Supervisor<'_> {
 
     /// Carry out actions; true when supervision is over.
     fn act(&mut self, acts: Vec<Action>) -> Result<bool, RunError> {
-        for a in acts {
+        for (i, a) in acts.iter().enumerate() {
             tracing::debug!(action = ?a, "escalation");
             match a {
-                Action::Forward(sig) => self.forward(sig)?,
+                Action::Forward(sig) => self.forward(*sig)?,
                 Action::SignalMain(sig) => {
-                    tracing::info!(signal = %signals::name(sig), "timeout: signalling the main process");
+                    tracing::info!(signal = %signals::name(*sig), "timeout: signalling the main process");
                     if let Some(m) = &self.main {
-                        let _ = m.send(sig);
-                        if sig != libc::SIGKILL && sig != libc::SIGCONT {
+                        let _ = m.send(*sig);
+                        if *sig != libc::SIGKILL && *sig != libc::SIGCONT {
                             let _ = m.send(libc::SIGCONT);
                         }
                     }
                 }
-                Action::Snapshot => self.snapshot()?,
-                Action::TermLeftovers => {
-                    self.tracker.scan(self.cg)?;
-                    tracing::info!(count = self.tracker.alive().count(), "SIGTERM to leftovers");
-                    self.tracker.signal_all(libc::SIGTERM, true);
-                    // A stopped process would sit on its SIGTERM: continue it (as systemd does).
-                    self.tracker.signal_all(libc::SIGCONT, false);
-                }
+                // A snapshot right before SIGTERM is taken by the SIGTERM step itself, in the
+                // same freeze.
+                Action::Snapshot if acts.get(i + 1) == Some(&Action::TermLeftovers) => {}
+                Action::Snapshot => self.frozen_scan(None)?,
+                Action::TermLeftovers => self.frozen_scan(Some(libc::SIGTERM))?,
                 Action::KillPass => self.kill_pass()?,
                 Action::Finish => return Ok(true),
             }
@@ -486,19 +483,32 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// Freeze (bounded) so that the list is complete, record every process, thaw.
-    fn snapshot(&mut self) -> Result<(), RunError> {
+    /// Freeze (bounded) so that the list is complete, record every process, optionally
+    /// signal them all — politely: `sig` then SIGCONT, so that a stopped process does not sit on
+    /// its SIGTERM (as systemd does) — and thaw. Signals sent while frozen are delivered on
+    /// thaw, all at once, instead of racing with the first ones to die.
+    fn frozen_scan(&mut self, sig: Option<i32>) -> Result<(), RunError> {
         let populated = self.events.read().map(|e| e.populated).unwrap_or(false);
         let freezable = populated && self.cg.has_file("cgroup.freeze");
         if freezable {
             kill::freeze(self.cg, self.events, Instant::now() + FREEZE_WAIT)?;
         }
         let res = self.tracker.scan(self.cg);
+        if res.is_ok() {
+            if let Some(sig) = sig {
+                self.tracker.signal_all(sig, true);
+                self.tracker.continue_stopped();
+            }
+        }
         if freezable {
             kill::thaw(self.cg)?;
         }
         let n = res?;
-        tracing::info!(count = n, "leftovers recorded");
+        tracing::info!(
+            new = n,
+            signal = sig.map(signals::name),
+            "leftovers recorded"
+        );
         Ok(())
     }
 

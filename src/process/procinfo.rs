@@ -159,38 +159,30 @@ pub fn children(pid: i32) -> Option<Vec<i32>> {
     Some(out)
 }
 
-/// Every pid on the system with its parent, for kernels without the `children` file.
-pub fn all_parents() -> Vec<(i32, i32)> {
+/// `stat` of every process on the system: one pass over /proc that gives both the parent
+/// links (to walk a process tree) and what a report needs about each process.
+pub fn all_stats() -> Vec<Stat> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     rd.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| read_stat(pid).map(|s| (pid, s.ppid)))
+        .filter_map(read_stat)
         .collect()
 }
 
-/// All descendants of `root` (children, grandchildren, …), breadth first.
-pub fn descendants(root: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Some(first) = children(root) {
-        let mut queue = first;
-        while let Some(pid) = queue.pop() {
-            out.push(pid);
-            if let Some(c) = children(pid) {
-                queue.extend(c);
-            }
-        }
-        return out;
+/// Descendants of `root` among `stats` (children, grandchildren, …).
+pub fn descendants_in(root: i32, stats: &[Stat]) -> Vec<i32> {
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = std::collections::HashMap::new();
+    for s in stats {
+        children.entry(s.ppid).or_default().push(s.pid);
     }
-    let parents = all_parents();
-    let mut frontier = vec![root];
-    while let Some(p) = frontier.pop() {
-        for (pid, ppid) in &parents {
-            if *ppid == p {
-                out.push(*pid);
-                frontier.push(*pid);
-            }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if let Some(c) = children.get(&p) {
+            out.extend_from_slice(c);
+            stack.extend_from_slice(c);
         }
     }
     out
