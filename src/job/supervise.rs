@@ -410,7 +410,9 @@ impl Supervisor<'_> {
             Err(e) if e.is_gone() => false,
             Err(e) => return Err(e.into()),
         };
-        if populated {
+        // The main process can have left the cgroup (a root job may move itself): the job
+        // is not over while it runs.
+        if populated || self.main.is_some() {
             return Ok(false);
         }
         if self.tracker.has_other_descendants()
@@ -531,6 +533,10 @@ impl Supervisor<'_> {
             kill::thaw(self.cg)?;
         }
         self.tracker.kill_escaped();
+        if let Some(m) = &self.main {
+            // Usually inside and killed with the cgroup; not if it moved itself out.
+            let _ = m.send(libc::SIGKILL);
+        }
         scanned?;
         res?;
         tracing::info!(pass = self.kill_passes, method = ?self.method, "kill pass");

@@ -162,6 +162,6 @@ mod tests {
             assert_eq!(i.ppid as i32, ppid);
         }
         assert!(!me.has_exited());
-        assert_eq!(me.send(0).unwrap(), true);
+        assert!(me.send(0).unwrap());
     }
 }

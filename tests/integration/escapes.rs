@@ -293,6 +293,22 @@ fn root_job_migrates_itself_to_another_cgroup() {
 }
 
 #[test]
+fn main_process_migrates_itself_out_and_ignores_the_timeout_signal() {
+    let mut t = TestJob::new("migratemain");
+    let elsewhere = t.outside_cgroup("elsewhere");
+    let body = format!(
+        "echo $$ > {}/cgroup.procs; trap '' TERM; sleep 1017 & wait; wait",
+        elsewhere.display()
+    );
+    let start = Instant::now();
+    let rec = contain(&t, &["--timeout", "0.5", "--kill-after", "0.5"], &body, 124);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(rec["timeout"]["phase"], "killed");
+    assert_eq!(rec["exit"]["signal"]["signal"], 9, "{rec}");
+    assert!(procs(&elsewhere).is_empty());
+}
+
+#[test]
 fn main_killed_by_a_signal() {
     let t = TestJob::new("mainsig");
     let rec = contain(&t, &[], "sleep 1014 & sleep 0.3; kill -KILL $$", 137);
