@@ -71,6 +71,37 @@ impl Cgroup {
         open_fd(&self.file("cgroup.procs"), libc::O_WRONLY | libc::O_CLOEXEC)
     }
 
+    /// Take an exclusive `flock` on the cgroup directory and hold it as long as the returned
+    /// fd is open: a liveness mark that needs no pid (pids differ between PID namespaces and
+    /// get reused) and that the kernel drops when its holder dies, however it dies.
+    pub fn hold_lock(&self) -> Result<OwnedFd, CgroupFsError> {
+        use std::os::fd::AsRawFd;
+        let fd = self.open_dir()?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(CgroupFsError::new(
+                "lock",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(fd)
+    }
+
+    /// Whether someone holds the lock of [`Cgroup::hold_lock`]. `None` when that cannot be
+    /// told (no such directory, or locks unsupported).
+    pub fn is_locked(&self) -> Option<bool> {
+        use std::os::fd::AsRawFd;
+        let fd = self.open_dir().ok()?;
+        // SAFETY: flock on an fd we own; closing it drops a lock we may have taken.
+        let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        match rc {
+            0 => Some(false),
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK) => Some(true),
+            _ => None,
+        }
+    }
+
     /// Pids in this cgroup only.
     pub fn procs(&self) -> Result<Vec<i32>, CgroupFsError> {
         Ok(file::parse_pids(&self.read("cgroup.procs")?))
@@ -202,6 +233,18 @@ mod tests {
         p.sort();
         assert_eq!(p, vec![10, 11, 12]);
         assert_eq!(cg.subtree().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn lock_marks_a_live_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = Cgroup::create_new(d.path(), "job").unwrap();
+        assert_eq!(cg.is_locked(), Some(false));
+        let held = cg.hold_lock().unwrap();
+        assert_eq!(cg.is_locked(), Some(true));
+        drop(held);
+        assert_eq!(cg.is_locked(), Some(false));
+        assert_eq!(Cgroup::at(d.path().join("gone")).is_locked(), None);
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn sweep(parent: &Path, dry_run: bool) -> Result<Vec<StaleJob>, GcError> {
         }
         let cg = Cgroup::at(ent.path());
         let Some(m) = meta::read(&cg)? else { continue };
-        if m.supervisor_alive() {
+        if m.job_alive(&cg) {
             continue;
         }
         let name = ent.file_name().to_string_lossy().into_owned();
@@ -99,8 +99,10 @@ pub fn sweep(parent: &Path, dry_run: bool) -> Result<Vec<StaleJob>, GcError> {
         let outcome = if dry_run {
             GcOutcome::WouldRemove
         } else if empty_it(&cg, &mut tracker)? {
-            cg.remove()?;
-            GcOutcome::Removed
+            match cg.remove() {
+                Err(e) if !e.is_gone() => return Err(e.into()),
+                _ => GcOutcome::Removed,
+            }
         } else {
             GcOutcome::NotEmptied
         };
@@ -120,11 +122,16 @@ pub fn sweep(parent: &Path, dry_run: bool) -> Result<Vec<StaleJob>, GcError> {
 
 /// Kill passes until `populated 0`, bounded. Returns whether it emptied.
 fn empty_it(cg: &Cgroup, tracker: &mut Tracker) -> Result<bool, GcError> {
-    let events = match EventsFile::open(cg.path()) {
-        Ok(e) => e,
-        Err(e) if e.is_gone() => return Ok(true),
-        Err(e) => return Err(e.into()),
-    };
+    // The cgroup may vanish under us (its guardian finishing the same work): that is done.
+    match try_empty(cg, tracker) {
+        Err(GcError::Fs(e)) if e.is_gone() => Ok(true),
+        Err(GcError::Kill(KillError::Fs(e))) if e.is_gone() => Ok(true),
+        r => r,
+    }
+}
+
+fn try_empty(cg: &Cgroup, tracker: &mut Tracker) -> Result<bool, GcError> {
+    let events = EventsFile::open(cg.path())?;
     if !events.read()?.populated {
         return Ok(true);
     }
@@ -133,12 +140,8 @@ fn empty_it(cg: &Cgroup, tracker: &mut Tracker) -> Result<bool, GcError> {
     loop {
         tracker.scan(cg)?;
         tracker.mark_at_kill();
-        kill::kill_pass(
-            cg,
-            &events,
-            method,
-            Instant::now() + Duration::from_millis(500),
-        )?;
+        let freeze_by = Instant::now() + Duration::from_millis(500);
+        kill::kill_pass(cg, &events, method, freeze_by)?;
         let step = (Instant::now() + Duration::from_millis(200)).min(deadline);
         let (_, empty) = events.wait_until(step, |e| !e.populated)?;
         if empty {

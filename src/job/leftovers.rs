@@ -3,6 +3,7 @@
 //! through pidfds until they are gone. The Grid Engine "rogue process" report, as data.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -52,10 +53,15 @@ pub struct Leftover {
 }
 
 impl Leftover {
-    /// Describe a live process from its `stat` and a few more reads.
-    fn read(stat: &procinfo::Stat, in_cgroup: bool, boot: Option<u64>, ticks: u64) -> Leftover {
+    /// Describe a live process from its `stat` (as /proc names it) and a few more reads.
+    fn read(
+        stat: &procinfo::Stat,
+        in_cgroup: bool,
+        boot: Option<u64>,
+        ticks: u64,
+        pidfd: Option<PidFd>,
+    ) -> Leftover {
         let pid = stat.pid;
-        let pidfd = PidFd::open(pid).ok().flatten();
         let uid = pidfd
             .as_ref()
             .and_then(|p| p.info())
@@ -120,6 +126,7 @@ pub struct Tracker {
     pub leftovers: Vec<Leftover>,
     boot_time: Option<u64>,
     ticks: u64,
+    warned_foreign_proc: bool,
 }
 
 impl Tracker {
@@ -132,6 +139,7 @@ impl Tracker {
             leftovers: Vec::new(),
             boot_time: None,
             ticks: procinfo::clock_ticks(),
+            warned_foreign_proc: false,
         }
     }
 
@@ -167,6 +175,9 @@ impl Tracker {
             Err(e) if e.is_gone() => HashSet::new(),
             Err(e) => return Err(e),
         };
+        if !procinfo::proc_is_ours() {
+            return Ok(self.record_bare(&in_cg));
+        }
         let mut stats: HashMap<i32, procinfo::Stat> = HashMap::new();
         let mut found: Vec<(i32, bool)> = in_cg
             .iter()
@@ -202,7 +213,9 @@ impl Tracker {
         let (boot, ticks) = (self.boot_time, self.ticks);
         let describe = |part: &[(procinfo::Stat, bool)]| -> Vec<Leftover> {
             part.iter()
-                .map(|(s, inside)| Leftover::read(s, *inside, boot, ticks))
+                .map(|(s, inside)| {
+                    Leftover::read(s, *inside, boot, ticks, PidFd::open(s.pid).ok().flatten())
+                })
                 .collect()
         };
         // A few /proc reads and a pidfd per process, all CPU: with many, use two CPUs (the
@@ -222,6 +235,59 @@ impl Tracker {
         let new = recs.len();
         self.leftovers.append(&mut recs);
         Ok(new)
+    }
+
+    /// With a /proc of another PID namespace: the cgroup's pids are translated to that
+    /// /proc's through each pidfd's fdinfo, so the records still carry state, start time and
+    /// command line; pid and ppid are reported as the job sees them. (No descendant walk:
+    /// the tree in that /proc is not ours to follow.)
+    fn record_bare(&mut self, in_cg: &HashSet<i32>) -> usize {
+        if !self.warned_foreign_proc {
+            self.warned_foreign_proc = true;
+            tracing::warn!("/proc belongs to another PID namespace (mount a fresh one, e.g. `unshare --pid --fork --mount-proc`): processes that left the job cgroup cannot be found");
+        }
+        if self.boot_time.is_none() {
+            self.boot_time = procinfo::boot_time();
+        }
+        let mut new = 0;
+        for pid in in_cg.iter().filter(|p| !self.exclude.contains(p)) {
+            let Some(pidfd) = PidFd::open(*pid).ok().flatten() else {
+                continue;
+            };
+            let info = pidfd.info();
+            let outer = procinfo::pid_in_proc(pidfd.as_fd().as_raw_fd());
+            let stat = outer.and_then(procinfo::read_stat);
+            let start = stat.as_ref().map_or(0, |s| s.start_ticks);
+            if matches!(stat.as_ref().map(|s| s.state), Some('Z' | 'X'))
+                || !self.seen.insert((*pid, start))
+            {
+                continue;
+            }
+            let mut l = match &stat {
+                Some(st) => Leftover::read(st, true, self.boot_time, self.ticks, Some(pidfd)),
+                None => Leftover {
+                    pid: *pid,
+                    ppid: 0,
+                    uid: None,
+                    state: "?".into(),
+                    start_time: None,
+                    comm: String::new(),
+                    cmdline: Vec::new(),
+                    in_cgroup: true,
+                    ended_by: None,
+                    wchan: None,
+                    start_ticks: 0,
+                    pidfd: Some(pidfd),
+                    termed: false,
+                },
+            };
+            // As the job sees them.
+            l.pid = *pid;
+            l.ppid = info.map_or(0, |i| i.ppid as i32);
+            self.leftovers.push(l);
+            new += 1;
+        }
+        new
     }
 
     /// Leftovers not gone yet, whatever was done to them.

@@ -43,7 +43,14 @@ impl JobMeta {
         }
     }
 
-    /// Whether the supervisor that wrote this record still runs.
+    /// Whether the job of `cg` still has its supervisor: the supervisor holds the cgroup
+    /// directory's lock for the life of the job. Where the lock cannot be checked, whether the
+    /// recorded supervisor pid still runs (which is wrong across PID namespaces).
+    pub fn job_alive(&self, cg: &Cgroup) -> bool {
+        cg.is_locked().unwrap_or_else(|| self.supervisor_alive())
+    }
+
+    /// Whether the supervisor that wrote this record still runs, by pid and start time.
     pub fn supervisor_alive(&self) -> bool {
         procinfo::read_stat(self.supervisor_pid).is_some_and(|s| {
             s.start_ticks == self.supervisor_start && !matches!(s.state, 'Z' | 'X')

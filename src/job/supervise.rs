@@ -24,6 +24,7 @@ use crate::cgroup::kill::{self, KillError};
 use crate::cgroup::{Cgroup, CgroupFsError, EventsFile, KillMethod};
 use crate::config::{ForwardTo, RunConfig};
 use crate::process::spawn::{self, SpawnError, SpawnSpec};
+use crate::process::terminal::Terminal;
 use crate::process::{reap, signals, PidFd};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,9 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
     let _enter = span.enter();
     let mut cleanup = RemoveOnError(Some(cg.clone()));
 
+    // Held for the life of the job (closed in the command at exec, in the guardian at once):
+    // `gc` knows a live job by it.
+    let _alive = cg.hold_lock()?;
     let method = kill::resolve(&cg, cfg.kill)?;
     let events = EventsFile::open(cg.path())?;
 
@@ -112,13 +116,15 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         what: "start the guardian process",
         source,
     })?;
-    let tty = foreground_tty();
+    // Job control: the command gets its own process group, in the terminal's foreground if
+    // cgjob is there now.
+    let tty = Terminal::of_session();
 
     let spec = SpawnSpec {
         argv: &cfg.command,
         cgroup: &cg,
         method: cfg.spawn,
-        foreground_tty: tty,
+        foreground_tty: tty.filter(|t| t.ours_in_front()).map(|t| t.fd()),
         sigmask: old_mask,
         nofile,
     };
@@ -201,9 +207,8 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
             }
         }
     };
-    if let Some(fd) = tty {
-        // SAFETY: plain syscalls; SIGTTOU is blocked, so this works from the background.
-        unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
+    if let Some(t) = tty {
+        t.take_back_from(sup.main_pid);
     }
     // Dismissed now, the guardian exits while the record is built; it is reaped last.
     let guardian = guardian.dismiss();
@@ -264,7 +269,7 @@ struct Supervisor<'a> {
     /// Leftover pids whose pidfds are in the epoll set.
     watched: HashSet<i32>,
     kill_passes: u32,
-    tty: Option<RawFd>,
+    tty: Option<Terminal>,
     guardian_pid: i32,
 }
 
@@ -306,8 +311,24 @@ impl Supervisor<'_> {
 
             while let Ok(Some(si)) = sfd.read_signal() {
                 let sig = si.ssi_signo as i32;
-                if matches!(sig, libc::SIGCHLD | libc::SIGTTOU | libc::SIGTTIN) {
-                    continue;
+                match sig {
+                    libc::SIGCHLD | libc::SIGTTOU | libc::SIGTTIN => continue,
+                    // Ctrl-Z while cgjob's group has the terminal (started with `&`, then
+                    // `fg`): stop the job; its stop then stops cgjob (see `suspend`).
+                    libc::SIGTSTP => {
+                        if self.main.is_some() {
+                            let target = if self.tty.is_some() {
+                                -self.main_pid
+                            } else {
+                                self.main_pid
+                            };
+                            // SAFETY: plain syscall.
+                            unsafe { libc::kill(target, libc::SIGTSTP) };
+                        }
+                        continue;
+                    }
+                    libc::SIGCONT => self.resume_job(),
+                    _ => {}
                 }
                 tracing::debug!(signal = %signals::name(sig), "received");
                 let acts = self.esc.on(Event::Signal(sig), now);
@@ -385,20 +406,30 @@ impl Supervisor<'_> {
         Ok(main_done)
     }
 
-    /// The main process was stopped by the terminal (Ctrl-Z): take the terminal back and stop
-    /// ourselves, so the shell sees the job stopped; on `fg`, hand it back and continue it.
+    /// The main process was stopped by the terminal (Ctrl-Z, or a read or write from the
+    /// background): stop cgjob too, so that the shell sees the job stopped — taking the
+    /// terminal back first if the job had it. When continued (`fg`, `bg`), continue the job,
+    /// and give it the terminal if the shell gave it to cgjob.
     fn suspend(&mut self) {
-        let Some(tty) = self.tty else { return };
-        // SAFETY: plain syscalls; SIGTTOU is blocked.
-        unsafe {
-            libc::tcsetpgrp(tty, libc::getpgrp());
-            libc::kill(libc::getpid(), libc::SIGSTOP);
-            // Continued (the shell's `fg` or `bg`).
-            if libc::tcgetpgrp(tty) == libc::getpgrp() {
-                libc::tcsetpgrp(tty, self.main_pid);
-            }
-            libc::kill(-self.main_pid, libc::SIGCONT);
+        let Some(t) = self.tty else { return };
+        t.take_back_from(self.main_pid);
+        // SAFETY: plain syscalls. SIGSTOP, because cgjob blocks the terminal stop signals.
+        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        self.resume_job();
+    }
+
+    /// cgjob was continued: if it holds the terminal, hand it to the job's group; continue
+    /// the group.
+    fn resume_job(&mut self) {
+        let Some(t) = self.tty else { return };
+        if self.main.is_none() {
+            return;
         }
+        if t.ours_in_front() {
+            t.give_to(self.main_pid);
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(-self.main_pid, libc::SIGCONT) };
     }
 
     /// Nothing of the job is left: the cgroup is not populated, no descendant of cgjob that
@@ -561,11 +592,4 @@ fn raise_nofile() -> Option<libc::rlimit> {
     lim.rlim_cur = lim.rlim_max.min(1 << 20);
     // SAFETY: as above.
     (unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0).then_some(old)
-}
-
-/// Stdin, when it is a terminal whose foreground process group is ours: then the job gets the
-/// foreground, so Ctrl-C and Ctrl-Z reach it as they would without cgjob.
-fn foreground_tty() -> Option<RawFd> {
-    // SAFETY: plain syscalls on fd 0.
-    unsafe { (libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp()).then_some(0) }
 }

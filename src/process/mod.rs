@@ -5,5 +5,6 @@ pub mod procinfo;
 pub mod reap;
 pub mod signals;
 pub mod spawn;
+pub mod terminal;
 
 pub use pidfd::PidFd;

@@ -1,6 +1,7 @@
 //! The few /proc fields cgjob reports about a process, hand-parsed: pid, ppid, uid, state,
 //! start time, command name and line, cgroup, and the kernel function it sleeps in.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 /// Read a pseudo-file (procfs, cgroupfs) whole. Such files report size 0, so std's
@@ -31,6 +32,30 @@ pub fn read_pseudo(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
 /// [`read_pseudo`] as text.
 pub fn read_pseudo_string(path: impl AsRef<Path>) -> std::io::Result<String> {
     read_pseudo(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Whether /proc shows this process's own PID namespace. Not so when cgjob runs as PID 1
+/// of a new namespace without a fresh /proc mount (`unshare --pid --fork` without
+/// `--mount-proc`): pids from cgroup.procs and getpid() then name other processes in /proc.
+pub fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id())
+    })
+}
+
+/// The pid of a pidfd's process as *this /proc* names it, from the `Pid:` line of its
+/// fdinfo (rendered in the PID namespace of the /proc mount). Lets cgjob read /proc for a
+/// process when /proc belongs to another PID namespace than cgjob's own.
+pub fn pid_in_proc(pidfd: RawFd) -> Option<i32> {
+    let text = read_pseudo_string(format!("/proc/self/fdinfo/{pidfd}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|p: &i32| *p > 0)
 }
 
 /// What `/proc/PID/stat` says (fields after the `(comm)` are counted from the last `)`, since

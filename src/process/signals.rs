@@ -16,8 +16,8 @@ pub const FORWARDED: &[Signal] = &[
 ];
 
 /// Everything the supervisor blocks and reads from its signalfd: the forwarded signals,
-/// SIGCHLD, and SIGTTOU/SIGTTIN (blocked so that handing the terminal back and forth with
-/// `tcsetpgrp` from the background does not stop us).
+/// SIGCHLD, SIGTTOU/SIGTTIN (blocked so that handing the terminal back and forth with
+/// `tcsetpgrp` from the background does not stop us) and SIGTSTP (passed on to the job).
 pub fn supervisor_set() -> SigSet {
     let mut s = SigSet::empty();
     for sig in FORWARDED {
@@ -26,6 +26,7 @@ pub fn supervisor_set() -> SigSet {
     s.add(Signal::SIGCHLD);
     s.add(Signal::SIGTTOU);
     s.add(Signal::SIGTTIN);
+    s.add(Signal::SIGTSTP);
     s
 }
 

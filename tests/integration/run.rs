@@ -441,6 +441,23 @@ fn gc_removes_only_stale_cgjob_cgroups() {
         .parse()
         .unwrap();
     xattr(&live, &serde_json::json!({"version":1,"kind":"run","supervisor_pid":me,"supervisor_start":start,"uid":0,"created":1}).to_string());
+    // A live supervisor holds its job cgroup's lock; so does this test for "live".
+    let live_dir = std::fs::File::open(&live).unwrap();
+    // SAFETY: flock on an open fd.
+    assert_eq!(
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&live_dir),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        },
+        0
+    );
+    // A stale job whose recorded supervisor pid is alive (reused, or another namespace's):
+    // without the lock it is stale all the same.
+    let reused = t.parent.join("reused");
+    std::fs::create_dir(&reused).unwrap();
+    xattr(&reused, &serde_json::json!({"version":1,"kind":"run","supervisor_pid":me,"supervisor_start":start,"uid":0,"created":1}).to_string());
     // Not cgjob's: no owner record.
     let foreign = t.parent.join("foreign");
     std::fs::create_dir(&foreign).unwrap();
@@ -451,12 +468,20 @@ fn gc_removes_only_stale_cgjob_cgroups() {
     assert_eq!(code(&o), 0, "{}", stderr_of(&o));
     let res: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let arr = res.as_array().unwrap();
-    assert_eq!(arr.len(), 1, "{res}");
-    assert_eq!(arr[0]["name"], "stale");
-    assert_eq!(arr[0]["outcome"], "removed");
-    assert_eq!(arr[0]["processes"][0]["cmdline"][1], "1060");
-    assert_eq!(arr[0]["processes"][0]["ended_by"], "killed");
-    assert!(!stale.exists());
+    assert_eq!(arr.len(), 2, "{res}");
+    let stale_rec = arr
+        .iter()
+        .find(|j| j["name"] == "stale")
+        .expect("stale reported");
+    assert_eq!(stale_rec["outcome"], "removed");
+    assert_eq!(stale_rec["processes"][0]["cmdline"][1], "1060");
+    assert_eq!(stale_rec["processes"][0]["ended_by"], "killed");
+    let reused_rec = arr
+        .iter()
+        .find(|j| j["name"] == "reused")
+        .expect("reused reported");
+    assert_eq!(reused_rec["outcome"], "removed");
+    assert!(!stale.exists() && !reused.exists());
     assert!(
         live.exists() && foreign.exists(),
         "live and foreign cgroups untouched"
