@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, ValueHint};
 
 use crate::config::{self, ForwardTo, JobName};
 
@@ -53,6 +53,20 @@ pub enum Command {
     /// Exit status: 0 when every stale job cgroup was removed; 123 when one could not be
     /// emptied; 125 on failure.
     Gc(GcArgs),
+    /// Print a shell completion script for cgjob on stdout.
+    ///
+    /// For example: `cgjob completions bash > /etc/bash_completion.d/cgjob`.
+    ///
+    /// Exit status: 0; 2 on an unknown shell; 125 if stdout cannot be written.
+    Completions(CompletionsArgs),
+    /// Print cgjob's manual page (roff) on stdout.
+    ///
+    /// Without COMMAND, the top-level page cgjob(1); with one, that subcommand's page (e.g.
+    /// cgjob-run(1)). Read it with `cgjob man | man -l -`, or install it with
+    /// `cgjob man > /usr/local/share/man/man1/cgjob.1`.
+    ///
+    /// Exit status: 0; 2 on an unknown COMMAND; 125 if stdout cannot be written.
+    Man(ManArgs),
 }
 
 /// Where job cgroups live.
@@ -60,12 +74,12 @@ pub enum Command {
 pub struct PlaceArgs {
     /// The cgroup2 directory to use as root, instead of the cgroup2 mount found in
     /// /proc/self/mountinfo.
-    #[arg(long, value_name = "DIR", env = "CGJOB_CGROUP_ROOT")]
+    #[arg(long, value_name = "DIR", env = "CGJOB_CGROUP_ROOT", value_hint = ValueHint::DirPath)]
     pub cgroup_root: Option<PathBuf>,
 
     /// Parent cgroup of job cgroups: absolute, or relative to the cgroup2 root
     /// [default: <root>/cgjob].
-    #[arg(long, value_name = "CGROUP", env = "CGJOB_PARENT")]
+    #[arg(long, value_name = "CGROUP", env = "CGJOB_PARENT", value_hint = ValueHint::DirPath)]
     pub parent: Option<PathBuf>,
 }
 
@@ -113,7 +127,7 @@ pub struct RunArgs {
     pub forward_to: ForwardTo,
 
     /// Write the job's result record (JSON) to FILE.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub report: Option<PathBuf>,
 
     /// Print the job's result record as one JSON line on stderr.
@@ -125,7 +139,12 @@ pub struct RunArgs {
     pub spawn: SpawnArg,
 
     /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "CMD",
+        value_hint = ValueHint::CommandWithArguments
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -164,6 +183,55 @@ pub struct GcArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The subcommand whose page to print [default: the top-level page].
+    #[arg(value_name = "COMMAND", value_parser = ["run", "gc", "completions", "man"])]
+    pub command: Option<String>,
+}
+
 fn parse_signal(s: &str) -> Result<i32, String> {
     crate::process::signals::parse_signal(s).map(|s| s as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `cgjob man COMMAND` lists the subcommands by hand (clap cannot derive the list from the
+    /// enum it is part of): keep it in step.
+    #[test]
+    fn man_knows_every_subcommand() {
+        let cmd = Cli::command();
+        let subs: Vec<&str> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| s.get_name())
+            .collect();
+        let man = cmd.find_subcommand("man").unwrap();
+        let arg = man
+            .get_arguments()
+            .find(|a| a.get_id() == "command")
+            .unwrap();
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        assert_eq!(values, subs);
+    }
 }

@@ -6,12 +6,16 @@
 //! [`cgjob::startup`]: fds 0–2 made valid, SIGPIPE ignored (and given back to the command as
 //! it was).
 
-#![no_main]
+// Only the real binary gets the C `main`: `cargo test --all-targets` builds this file as a test
+// target too (`test = false` only keeps it out of a plain `cargo test`), and there the harness's
+// own `main` must run — it finds no tests here.
+#![cfg_attr(not(test), no_main)]
 
-use clap::Parser;
-
+#[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    use clap::Parser;
+
     cgjob::startup();
     let cli = match cgjob::cli::Cli::try_parse() {
         Ok(c) => c,

@@ -1,8 +1,12 @@
 //! One file per subcommand, each thin: validated config in, `job` calls, report out, exit
 //! status back.
 
+pub mod completions;
 pub mod gc;
+pub mod man;
 pub mod run;
+
+use std::io::Write;
 
 use crate::cli::{Cli, Command};
 use crate::job::policy::exit;
@@ -12,6 +16,8 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run::run(args, cli.verbose > 0),
         Command::Gc(args) => gc::gc(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => man::man(args),
     }
 }
 
@@ -60,4 +66,18 @@ pub fn print_error(e: &dyn std::error::Error) {
         src = s.source();
     }
     eprintln!("{line}");
+}
+
+/// Write generated text to stdout: 0 when written, or when the reader went away (`| head`
+/// closing the pipe is not a failure); 125 on any other error.
+pub fn write_stdout(bytes: &[u8]) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("cgjob: cannot write to stdout: {e}");
+            exit::FAILURE
+        }
+    }
 }

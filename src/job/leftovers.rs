@@ -50,6 +50,9 @@ pub struct Leftover {
     pidfd: Option<PidFd>,
     #[serde(skip)]
     termed: bool,
+    /// Seen exited once (a pidfd stays readable): no need to ask again.
+    #[serde(skip)]
+    gone: std::cell::Cell<bool>,
 }
 
 impl Leftover {
@@ -60,13 +63,10 @@ impl Leftover {
         boot: Option<u64>,
         ticks: u64,
         pidfd: Option<PidFd>,
+        info: Option<crate::process::pidfd::PidInfo>,
     ) -> Leftover {
         let pid = stat.pid;
-        let uid = pidfd
-            .as_ref()
-            .and_then(|p| p.info())
-            .map(|i| i.ruid)
-            .or_else(|| procinfo::read_uid(pid));
+        let uid = info.map(|i| i.ruid).or_else(|| procinfo::read_uid(pid));
         let start_time = boot.map(|b| {
             let secs = b + stat.start_ticks / ticks;
             humantime::format_rfc3339_seconds(
@@ -88,6 +88,7 @@ impl Leftover {
             start_ticks: stat.start_ticks,
             pidfd,
             termed: false,
+            gone: Default::default(),
         }
     }
 
@@ -98,7 +99,10 @@ impl Leftover {
     /// Gone for good: exited and handed its children on (its pidfd is readable), or never
     /// openable.
     pub fn is_gone(&self) -> bool {
-        self.pidfd.as_ref().map_or(true, |p| p.has_exited())
+        if !self.gone.get() && self.pidfd.as_ref().is_none_or(|p| p.has_exited()) {
+            self.gone.set(true);
+        }
+        self.gone.get()
     }
 
     /// A compact human form: `pid 123 (uid 1000) sleep 1000`.
@@ -113,6 +117,19 @@ impl Leftover {
     }
 }
 
+/// A process found by [`Tracker::snapshot`], not yet described.
+#[derive(Debug)]
+pub struct Found {
+    /// The pid as cgjob (and the job) see it.
+    pid: i32,
+    /// The pid as /proc names it (differs when /proc is another PID namespace's).
+    proc_pid: Option<i32>,
+    /// `stat` read during the snapshot, when the descendant walk needed it anyway.
+    stat: Option<procinfo::Stat>,
+    pidfd: Option<PidFd>,
+    in_cgroup: bool,
+}
+
 /// The leftovers of one job.
 #[derive(Debug)]
 pub struct Tracker {
@@ -122,7 +139,9 @@ pub struct Tracker {
     supervisor: Option<i32>,
     /// The job cgroup as /proc/PID/cgroup shows it, to tell a new child from an escapee.
     cgroup_in_proc: PathBuf,
-    seen: HashSet<(i32, u64)>,
+    /// Index into `leftovers` by pid, to know a pid already recorded (while its process
+    /// lives, a pid names it alone).
+    by_pid: HashMap<i32, usize>,
     pub leftovers: Vec<Leftover>,
     boot_time: Option<u64>,
     ticks: u64,
@@ -135,7 +154,7 @@ impl Tracker {
             exclude: exclude.iter().copied().collect(),
             supervisor: Some(supervisor),
             cgroup_in_proc,
-            seen: HashSet::new(),
+            by_pid: HashMap::new(),
             leftovers: Vec::new(),
             boot_time: None,
             ticks: procinfo::clock_ticks(),
@@ -157,137 +176,152 @@ impl Tracker {
             return false;
         };
         match procinfo::children(sup) {
-            Some(c) => c.iter().any(|p| !self.exclude.contains(p)),
+            // A child already recorded and still alive is followed through its pidfd; a new
+            // child (an orphan just handed to us, or one whose pid was reused) is not.
+            Some(c) => c
+                .iter()
+                .any(|p| !self.exclude.contains(p) && !self.known(*p)),
             // No `children` file on this kernel: assume there may be some.
             None => true,
         }
     }
 
-    /// Find processes not seen before: everything in the cgroup's subtree and every live
-    /// descendant of cgjob outside it. Returns how many were new.
+    fn known(&self, pid: i32) -> bool {
+        self.by_pid
+            .get(&pid)
+            .is_some_and(|i| !self.leftovers[*i].is_gone())
+    }
+
+    /// Find processes not recorded yet: everything in the cgroup's subtree and every live
+    /// descendant of cgjob outside it. Cheap enough to run while the job is frozen: a pidfd
+    /// per process (which also pins its identity for later), and `stat` only when the
+    /// descendant walk needs the parent links anyway.
     ///
     /// Escapees are found by walking cgjob's descendants (as a subreaper, every orphan of the
-    /// job is one). The walk uses one pass over /proc/*/stat, whose results also serve the
-    /// records, so a job with thousands of leftovers costs a few reads per process.
-    pub fn scan(&mut self, cg: &Cgroup) -> Result<usize, CgroupFsError> {
+    /// job is one), with one pass over /proc/*/stat.
+    pub fn snapshot(&mut self, cg: &Cgroup) -> Result<Vec<Found>, CgroupFsError> {
+        self.snapshot_with(cg, true)
+    }
+
+    /// [`Tracker::snapshot`]; `walk: false` looks in the cgroup only (a second look for
+    /// forks that were under way during the first).
+    pub fn snapshot_with(&mut self, cg: &Cgroup, walk: bool) -> Result<Vec<Found>, CgroupFsError> {
         let in_cg: HashSet<i32> = match cg.procs_recursive() {
             Ok(p) => p.into_iter().collect(),
             Err(e) if e.is_gone() => HashSet::new(),
             Err(e) => return Err(e),
         };
-        if !procinfo::proc_is_ours() {
-            return Ok(self.record_bare(&in_cg));
+        let foreign = !procinfo::proc_is_ours();
+        if foreign && !self.warned_foreign_proc {
+            self.warned_foreign_proc = true;
+            tracing::warn!("/proc belongs to another PID namespace (mount a fresh one, e.g. `unshare --pid --fork --mount-proc`): processes that left the job cgroup cannot be found");
         }
-        let mut stats: HashMap<i32, procinfo::Stat> = HashMap::new();
-        let mut found: Vec<(i32, bool)> = in_cg
+        let mut found: Vec<(i32, bool, Option<procinfo::Stat>)> = in_cg
             .iter()
-            .filter(|p| !self.exclude.contains(p))
-            .map(|p| (*p, true))
+            .filter(|p| !self.exclude.contains(p) && !self.known(**p))
+            .map(|p| (*p, true, None))
             .collect();
-        if let (Some(sup), true) = (self.supervisor, self.has_other_descendants()) {
+        // The walk needs a /proc of our own PID namespace.
+        if let (Some(sup), true, false) = (
+            self.supervisor,
+            walk && self.has_other_descendants(),
+            foreign,
+        ) {
             let all = procinfo::all_stats();
-            for pid in procinfo::descendants_in(sup, &all) {
-                if self.exclude.contains(&pid) || in_cg.contains(&pid) {
-                    continue;
-                }
+            let escapees: HashSet<i32> = procinfo::descendants_in(sup, &all)
+                .into_iter()
+                .filter(|p| !self.exclude.contains(p) && !in_cg.contains(p) && !self.known(*p))
+                .collect();
+            let mut stats: HashMap<i32, procinfo::Stat> =
+                all.into_iter().map(|s| (s.pid, s)).collect();
+            for f in found.iter_mut() {
+                f.2 = stats.remove(&f.0);
+            }
+            for pid in escapees {
                 // A child forked after the cgroup was read is inside: ask /proc.
                 let inside = procinfo::read_cgroup2_path(pid)
                     .is_some_and(|p| p.starts_with(&self.cgroup_in_proc));
-                found.push((pid, inside));
+                found.push((pid, inside, stats.remove(&pid)));
             }
-            stats = all.into_iter().map(|s| (s.pid, s)).collect();
         }
-        // New ones only (a pid is the same process only with the same start time).
-        let todo: Vec<(procinfo::Stat, bool)> = found
+        Ok(found
             .into_iter()
-            .filter_map(|(pid, inside)| {
-                let stat = stats.remove(&pid).or_else(|| procinfo::read_stat(pid))?;
-                let new =
-                    !matches!(stat.state, 'Z' | 'X') && self.seen.insert((pid, stat.start_ticks));
-                new.then_some((stat, inside))
-            })
-            .collect();
-        if self.boot_time.is_none() && !todo.is_empty() {
-            self.boot_time = procinfo::boot_time();
-        }
-        let (boot, ticks) = (self.boot_time, self.ticks);
-        let describe = |part: &[(procinfo::Stat, bool)]| -> Vec<Leftover> {
-            part.iter()
-                .map(|(s, inside)| {
-                    Leftover::read(s, *inside, boot, ticks, PidFd::open(s.pid).ok().flatten())
+            .filter(|(_, _, st)| !matches!(st.as_ref().map(|s| s.state), Some('Z' | 'X')))
+            .filter_map(|(pid, in_cgroup, stat)| {
+                let pidfd = PidFd::open(pid).ok().flatten()?;
+                let proc_pid = if foreign {
+                    procinfo::pid_in_proc(pidfd.as_fd().as_raw_fd())
+                } else {
+                    Some(pid)
+                };
+                Some(Found {
+                    pid,
+                    proc_pid,
+                    stat,
+                    pidfd: Some(pidfd),
+                    in_cgroup,
                 })
-                .collect()
-        };
-        // A few /proc reads and a pidfd per process, all CPU: with many, use two CPUs (the
-        // job is frozen meanwhile; nothing else competes).
-        let mut recs = if todo.len() >= 256 {
-            std::thread::scope(|sc| {
-                let (a, b) = todo.split_at(todo.len() / 2);
-                let other = sc.spawn(|| describe(a));
-                let mut mine = describe(b);
-                let mut all = other.join().unwrap_or_default();
-                all.append(&mut mine);
-                all
             })
-        } else {
-            describe(&todo)
-        };
-        let new = recs.len();
-        self.leftovers.append(&mut recs);
-        Ok(new)
+            .collect())
     }
 
-    /// With a /proc of another PID namespace: the cgroup's pids are translated to that
-    /// /proc's through each pidfd's fdinfo, so the records still carry state, start time and
-    /// command line; pid and ppid are reported as the job sees them. (No descendant walk:
-    /// the tree in that /proc is not ours to follow.)
-    fn record_bare(&mut self, in_cg: &HashSet<i32>) -> usize {
-        if !self.warned_foreign_proc {
-            self.warned_foreign_proc = true;
-            tracing::warn!("/proc belongs to another PID namespace (mount a fresh one, e.g. `unshare --pid --fork --mount-proc`): processes that left the job cgroup cannot be found");
+    /// Describe what a snapshot found (state, start time, uid, command line) and record it;
+    /// with `sig`, send it to each process right after describing it, so that describing
+    /// the next ones overlaps with the first ones leaving. Returns how many were recorded.
+    pub fn describe(&mut self, found: Vec<Found>, sig: Option<i32>) -> usize {
+        if found.is_empty() {
+            return 0;
         }
         if self.boot_time.is_none() {
             self.boot_time = procinfo::boot_time();
         }
-        let mut new = 0;
-        for pid in in_cg.iter().filter(|p| !self.exclude.contains(p)) {
-            let Some(pidfd) = PidFd::open(*pid).ok().flatten() else {
-                continue;
-            };
-            let info = pidfd.info();
-            let outer = procinfo::pid_in_proc(pidfd.as_fd().as_raw_fd());
-            let stat = outer.and_then(procinfo::read_stat);
-            let start = stat.as_ref().map_or(0, |s| s.start_ticks);
-            if matches!(stat.as_ref().map(|s| s.state), Some('Z' | 'X'))
-                || !self.seen.insert((*pid, start))
-            {
-                continue;
+        let (boot, ticks) = (self.boot_time, self.ticks);
+        let one = |f: Found| -> Option<Leftover> {
+            let stat = f.stat.or_else(|| f.proc_pid.and_then(procinfo::read_stat));
+            let stat = stat.filter(|s| !matches!(s.state, 'Z' | 'X'))?;
+            let info = f.pidfd.as_ref().and_then(|p| p.info());
+            let mut l = Leftover::read(&stat, f.in_cgroup, boot, ticks, f.pidfd, info);
+            // As the job sees them (they differ when /proc is another namespace's).
+            l.pid = f.pid;
+            if f.proc_pid != Some(f.pid) {
+                l.ppid = info.map_or(0, |i| i.ppid as i32);
             }
-            let mut l = match &stat {
-                Some(st) => Leftover::read(st, true, self.boot_time, self.ticks, Some(pidfd)),
-                None => Leftover {
-                    pid: *pid,
-                    ppid: 0,
-                    uid: None,
-                    state: "?".into(),
-                    start_time: None,
-                    comm: String::new(),
-                    cmdline: Vec::new(),
-                    in_cgroup: true,
-                    ended_by: None,
-                    wchan: None,
-                    start_ticks: 0,
-                    pidfd: Some(pidfd),
-                    termed: false,
-                },
-            };
-            // As the job sees them.
-            l.pid = *pid;
-            l.ppid = info.map_or(0, |i| i.ppid as i32);
-            self.leftovers.push(l);
-            new += 1;
+            if let (Some(sig), Some(p)) = (sig, &l.pidfd) {
+                let _ = p.send(sig);
+                // A stopped process would sit on its SIGTERM (systemd does the same).
+                if matches!(stat.state, 'T' | 't') {
+                    let _ = p.send(libc::SIGCONT);
+                }
+                l.termed = true;
+            }
+            Some(l)
+        };
+        // A few /proc reads and syscalls per process, all CPU: with many, use two CPUs.
+        let mut recs: Vec<Leftover> = if found.len() >= 256 {
+            let mut found = found;
+            let rest = found.split_off(found.len() / 2);
+            std::thread::scope(|sc| {
+                let other = sc.spawn(|| rest.into_iter().filter_map(one).collect::<Vec<_>>());
+                let mut mine: Vec<Leftover> = found.into_iter().filter_map(one).collect();
+                mine.append(&mut other.join().unwrap_or_default());
+                mine
+            })
+        } else {
+            found.into_iter().filter_map(one).collect()
+        };
+        let n = recs.len();
+        let base = self.leftovers.len();
+        for (i, l) in recs.iter().enumerate() {
+            self.by_pid.insert(l.pid, base + i);
         }
-        new
+        self.leftovers.append(&mut recs);
+        n
+    }
+
+    /// [`Tracker::snapshot`] then [`Tracker::describe`], signalling nothing.
+    pub fn scan(&mut self, cg: &Cgroup) -> Result<usize, CgroupFsError> {
+        let found = self.snapshot(cg)?;
+        Ok(self.describe(found, None))
     }
 
     /// Leftovers not gone yet, whatever was done to them.
@@ -304,7 +338,12 @@ impl Tracker {
     /// are marked as asked to leave, so that those gone by the kill count as having exited
     /// during the grace period.
     pub fn signal_all(&mut self, sig: i32, polite: bool) {
-        for l in self.leftovers.iter_mut().filter(|l| l.ended_by.is_none()) {
+        let skip_termed = polite;
+        for l in self
+            .leftovers
+            .iter_mut()
+            .filter(|l| l.ended_by.is_none() && !(skip_termed && l.termed))
+        {
             if let Some(p) = &l.pidfd {
                 if let Err(e) = p.send(sig) {
                     tracing::warn!(pid = l.pid, signal = sig, error = %e, "cannot signal leftover");

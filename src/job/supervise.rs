@@ -446,6 +446,8 @@ impl Supervisor<'_> {
         if populated || self.main.is_some() {
             return Ok(false);
         }
+        // Reap first: a zombie child would look like a descendant to examine.
+        reap::reap_ready();
         if self.tracker.has_other_descendants()
             && self.tracker.scan(self.cg)? > 0
             && matches!(self.esc.phase(), Phase::Killing { .. })
@@ -490,11 +492,10 @@ impl Supervisor<'_> {
                         }
                     }
                 }
-                // A snapshot right before SIGTERM is taken by the SIGTERM step itself, in the
-                // same freeze.
+                // A snapshot right before SIGTERM is taken by the SIGTERM step itself.
                 Action::Snapshot if acts.get(i + 1) == Some(&Action::TermLeftovers) => {}
-                Action::Snapshot => self.frozen_scan(None)?,
-                Action::TermLeftovers => self.frozen_scan(Some(libc::SIGTERM))?,
+                Action::Snapshot => self.record_all(None)?,
+                Action::TermLeftovers => self.record_all(Some(libc::SIGTERM))?,
                 Action::KillPass => self.kill_pass()?,
                 Action::Finish => return Ok(true),
             }
@@ -516,29 +517,36 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// Freeze (bounded) so that the list is complete, record every process, optionally
-    /// signal them all — politely: `sig` then SIGCONT, so that a stopped process does not sit on
-    /// its SIGTERM (as systemd does) — and thaw. Signals sent while frozen are delivered on
-    /// thaw, all at once, instead of racing with the first ones to die.
-    fn frozen_scan(&mut self, sig: Option<i32>) -> Result<(), RunError> {
-        let populated = self.events.read().map(|e| e.populated).unwrap_or(false);
-        let freezable = populated && self.cg.has_file("cgroup.freeze");
-        if freezable {
-            kill::freeze(self.cg, self.events, Instant::now() + FREEZE_WAIT)?;
-        }
-        let res = self.tracker.scan(self.cg);
-        if res.is_ok() {
-            if let Some(sig) = sig {
-                self.tracker.signal_all(sig, true);
-                self.tracker.continue_stopped();
+    /// Record every process of the job as it is now, and with `sig`, ask them all to leave:
+    /// each is described, then signalled, one after the other, so that describing the next
+    /// ones overlaps with the first ones leaving, and none is signalled before it has been
+    /// described. SIGCONT follows `sig` for stopped processes, so that they act on it (as
+    /// systemd does).
+    ///
+    /// The job is not frozen for this: freezing and thawing wakes every task twice (~20 ms
+    /// for 1000 here), and nothing depends on the list being complete — the list is taken
+    /// again after signalling, to catch forks that were under way, and whatever is still
+    /// there at the end of the grace period is found by the kill pass, which does freeze.
+    fn record_all(&mut self, sig: Option<i32>) -> Result<(), RunError> {
+        const ROUNDS: usize = 3;
+        let mut total = 0;
+        for round in 0..ROUNDS {
+            let found = self.tracker.snapshot_with(self.cg, round == 0)?;
+            if found.is_empty() {
+                break;
+            }
+            total += self.tracker.describe(found, sig);
+            if sig.is_none() {
+                break;
             }
         }
-        if freezable {
-            kill::thaw(self.cg)?;
+        if let Some(sig) = sig {
+            // Those recorded earlier (a snapshot at main's exit, `--leftovers wait`).
+            self.tracker.signal_all(sig, true);
+            self.tracker.continue_stopped();
         }
-        let n = res?;
         tracing::info!(
-            new = n,
+            new = total,
             signal = sig.map(signals::name),
             "leftovers recorded"
         );

@@ -5,25 +5,28 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 /// Read a pseudo-file (procfs, cgroupfs) whole. Such files report size 0, so std's
-/// `read_to_string` probes with 32-byte reads and doubles; one 4 KiB read is one syscall.
+/// `read_to_string` probes with 32-byte reads and doubles, then reads again for EOF. Here:
+/// 4 KiB reads, and a short read ends it — seq_file-backed files (kernfs, /proc/PID/*) fill a
+/// read up to the size asked unless the content ends, so most files take one `read`.
 pub fn read_pseudo(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
-    let mut buf = Vec::with_capacity(4096);
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
     loop {
-        let len = buf.len();
-        if buf.capacity() - len < 1024 {
-            buf.reserve(buf.capacity());
+        if buf.len() - len < 1024 {
+            buf.resize(buf.len() * 2, 0);
         }
-        let spare = buf.capacity() - len;
-        buf.resize(len + spare, 0);
+        let want = buf.len() - len;
         match f.read(&mut buf[len..]) {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(buf);
+            Ok(n) => {
+                len += n;
+                if n < want {
+                    buf.truncate(len);
+                    return Ok(buf);
+                }
             }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }

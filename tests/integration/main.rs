@@ -3,6 +3,9 @@
 
 mod util;
 
+mod docs;
 mod errors;
 mod escapes;
+mod pid1;
 mod run;
+mod tty;
