@@ -84,6 +84,7 @@ pub struct PlaceArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "cgjob run [OPTIONS] -- <CMD> [ARGS]...")]
 pub struct RunArgs {
     #[command(flatten)]
     pub place: PlaceArgs,
@@ -97,7 +98,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
     pub timeout: Option<Duration>,
 
-    /// Signal sent when the timeout fires.
+    /// Signal sent to the command when the timeout fires: a name (TERM, SIGTERM) or a number
+    /// (15).
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
     pub timeout_signal: i32,
 
@@ -109,11 +111,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LeftoversArg::Term)]
     pub leftovers: LeftoversArg,
 
-    /// Between SIGTERM to leftovers and killing them.
+    /// Wait DUR between SIGTERM to leftovers and killing them.
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = config::parse_duration)]
     pub grace: Duration,
 
-    /// How to kill: cgroup.kill (Linux 5.14+), or freeze, SIGKILL each, thaw.
+    /// How to kill the job's processes.
     #[arg(long, value_enum, default_value_t = KillMethodArg::Auto)]
     pub kill_method: KillMethodArg,
 
@@ -152,14 +154,18 @@ pub struct RunArgs {
 pub enum LeftoversArg {
     /// SIGTERM, wait --grace, kill.
     Term,
-    /// Wait for them to exit on their own (bounded by --timeout).
+    /// Let them exit on their own: forever without --timeout, else until it fires (then as
+    /// `term`). SIGTERM, SIGINT, SIGHUP or SIGQUIT to cgjob end the wait.
     Wait,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KillMethodArg {
+    /// cgroup.kill where the kernel has it, else freeze.
     Auto,
+    /// Write 1 to cgroup.kill (Linux 5.14+): the kernel kills the whole subtree.
     CgroupKill,
+    /// Freeze the cgroup, SIGKILL every process, thaw (Linux 5.2+).
     Freeze,
 }
 

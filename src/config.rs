@@ -89,7 +89,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         });
     }
     humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 30, 1.5, 500ms, 10s, 1m30s"))
+        .map_err(|_| format!("invalid duration {s:?}; use e.g. 30, 1.5, 500ms, 10s, 1m30s"))
 }
 
 /// Settings of `cgjob run`.

@@ -12,9 +12,13 @@ pub fn init(verbose: u8, format: LogFormat) {
         1 => LevelFilter::INFO,
         _ => LevelFilter::DEBUG,
     };
+    // Colour only for a person at a terminal, never into a log file or pipe.
+    // SAFETY: isatty on fd 2.
+    let ansi = unsafe { libc::isatty(2) } == 1;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(ansi);
     // EnvFilter compiles a regex to parse its directives (~0.1 ms, a tenth of a short job's
     // whole run): only pay for it when RUST_LOG asks for directives.
     let _ = match (std::env::var_os("RUST_LOG").is_some(), format) {

@@ -4,24 +4,13 @@
 use std::io::Write;
 
 use crate::job::leftovers::EndedBy;
-use crate::job::policy::{MainExit, TimeoutPhase};
+use crate::job::policy::TimeoutPhase;
 use crate::job::record::JobRecord;
-use crate::process::signals;
 
 /// How the main process ended, in words.
 fn main_words(rec: &JobRecord) -> String {
-    match rec.exit {
-        Some(MainExit::Code(c)) => format!("exited {c}"),
-        Some(MainExit::Signal {
-            signal,
-            core_dumped,
-        }) => format!(
-            "killed by {}{}",
-            signals::name(signal),
-            if core_dumped { " (core dumped)" } else { "" }
-        ),
-        None => "did not finish".into(),
-    }
+    rec.exit
+        .map_or_else(|| "did not finish".into(), |e| e.to_string())
 }
 
 /// The one-line summary: printed when leftovers were found, when the timeout fired, when
@@ -75,6 +64,11 @@ pub fn summary_line(rec: &JobRecord) -> String {
     }
     if rec.unkillable {
         s.push_str(&format!("; cgroup {} LEFT IN PLACE", rec.cgroup.display()));
+    } else if !rec.cgroup_removed {
+        s.push_str(&format!(
+            "; cgroup {} could not be removed (see `cgjob gc`)",
+            rec.cgroup.display()
+        ));
     }
     s
 }

@@ -25,6 +25,21 @@ pub enum KillMethod {
     Freeze,
 }
 
+impl KillMethod {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KillMethod::CgroupKill => "cgroup-kill",
+            KillMethod::Freeze => "freeze",
+        }
+    }
+}
+
+impl std::fmt::Display for KillMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KillRequest {

@@ -14,12 +14,9 @@ pub enum PlaceError {
     ParentDotDot(PathBuf),
     #[error("{0} is not on the cgroup2 filesystem")]
     ParentNotCgroup2(PathBuf),
+    // The cause is the message: no `#[source]`, or "permission denied" would print twice.
     #[error("cannot create cgroup {path}: permission denied; run as root, or pass --parent with a cgroup subtree delegated to you")]
-    Permission {
-        path: PathBuf,
-        #[source]
-        source: CgroupFsError,
-    },
+    Permission { path: PathBuf },
     #[error(
         "the cgroup2 filesystem at {0} is read-only; cgjob needs a writable cgroup2 hierarchy"
     )]
@@ -35,7 +32,6 @@ impl From<CgroupFsError> for PlaceError {
         match e.errno() {
             Some(libc::EACCES | libc::EPERM) => PlaceError::Permission {
                 path: e.path.clone(),
-                source: e,
             },
             Some(libc::EROFS) => PlaceError::ReadOnly(e.path.clone()),
             Some(libc::EEXIST) => PlaceError::Exists(e.path.clone()),

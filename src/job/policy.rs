@@ -254,6 +254,23 @@ pub enum MainExit {
     Signal { signal: i32, core_dumped: bool },
 }
 
+impl std::fmt::Display for MainExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MainExit::Code(c) => write!(f, "exited {c}"),
+            MainExit::Signal {
+                signal,
+                core_dumped,
+            } => write!(
+                f,
+                "killed by {}{}",
+                crate::process::signals::name(*signal),
+                if *core_dumped { " (core dumped)" } else { "" }
+            ),
+        }
+    }
+}
+
 /// cgjob's exit statuses (the README's table).
 pub mod exit {
     /// The timeout fired (as GNU `timeout`).

@@ -92,7 +92,7 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
     let hier = place::hierarchy(cfg.cgroup_root.as_deref())?;
     let parent = place::parent_dir(&hier, cfg.parent.as_deref())?;
     let (cg, name) = place::create(&parent, cfg.name.as_ref())?;
-    let span = tracing::info_span!("job", name = %name);
+    let span = tracing::info_span!("job", job = %name);
     let _enter = span.enter();
     let mut cleanup = RemoveOnError(Some(cg.clone()));
 
@@ -162,7 +162,7 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         }
     };
     let epoll = epoll?;
-    tracing::info!(pid = child.pid, cgroup = %cg.path().display(), method = ?child.method, "started");
+    tracing::info!(pid = child.pid, cgroup = %cg.path().display(), method = %child.method, "started");
     // From here on the job runs: its cgroup is removed by the end-of-job sweep, not on error.
     cleanup.0 = None;
 
@@ -401,7 +401,9 @@ impl Supervisor<'_> {
                 let _ = self.epoll.delete(m.as_fd());
             }
             self.main_exit_at = Some(now);
-            tracing::info!(exit = ?self.main_exit, "main process exited");
+            if let Some(e) = self.main_exit {
+                tracing::info!(status = %e, "main process exited");
+            }
         }
         Ok(main_done)
     }
@@ -578,7 +580,7 @@ impl Supervisor<'_> {
         }
         scanned?;
         res?;
-        tracing::info!(pass = self.kill_passes, method = ?self.method, "kill pass");
+        tracing::info!(pass = self.kill_passes, method = %self.method, "kill pass");
         Ok(())
     }
 }

@@ -50,6 +50,15 @@ pub enum SpawnMethod {
     ForkJoin,
 }
 
+impl std::fmt::Display for SpawnMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SpawnMethod::Clone3 => "clone3",
+            SpawnMethod::ForkJoin => "fork-join",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("command not found: {0}")]
@@ -62,6 +71,10 @@ pub enum SpawnError {
     },
     #[error("the child could not join the cgroup before exec")]
     Join(#[source] io::Error),
+    /// The v2 migration rule: starting a process in a cgroup needs write access to
+    /// `cgroup.procs` of the common ancestor of the caller's cgroup and the target.
+    #[error("not allowed to start a process in {0} (permission denied); an unprivileged cgjob must itself run inside the delegated subtree that holds the job cgroup")]
+    CgroupPermission(std::path::PathBuf),
     #[error("cannot start a process")]
     Clone(#[source] io::Error),
     #[error("invalid command: {0}")]
@@ -179,6 +192,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
                     tracing::debug!(error = %e, "clone3 into the cgroup refused; the child will join before exec");
                     fork_join(spec.cgroup, &mut ctx)?
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    return Err(SpawnError::CgroupPermission(spec.cgroup.path().into()))
+                }
                 Err(e) => return Err(SpawnError::Clone(e)),
             }
         }
@@ -200,6 +216,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
         spawned: Spawned { pid, pidfd, method },
         err_r,
         program: program.to_string_lossy().into_owned(),
+        cgroup: spec.cgroup.path().to_owned(),
     })
 }
 
@@ -210,6 +227,7 @@ pub struct Started {
     spawned: Spawned,
     err_r: OwnedFd,
     program: String,
+    cgroup: std::path::PathBuf,
 }
 
 impl Started {
@@ -232,6 +250,7 @@ impl Started {
         let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
         let err = io::Error::from_raw_os_error(errno);
         Err(match (buf[0], errno) {
+            (STAGE_JOIN, libc::EACCES | libc::EPERM) => SpawnError::CgroupPermission(self.cgroup),
             (STAGE_JOIN, _) => SpawnError::Join(err),
             (_, libc::ENOENT) | (_, libc::ENOTDIR) => SpawnError::NotFound(self.program),
             _ => SpawnError::NotExecutable {
