@@ -322,14 +322,15 @@ fn main_killed_by_a_signal() {
     assert_eq!(leftover_cmds(&rec), vec!["sleep 1014"]);
 }
 
-#[test]
-fn cgjob_sigkilled_mid_job() {
+fn sigkilled_mid_job(extra: &[&str]) {
     let t = TestJob::new("sigkill");
     let script = t.script(
         "job.sh",
         "setsid bash -c 'trap \"\" TERM; sleep 1015' & sleep 1016 & echo ready > $TMPD/ready; wait",
     );
-    let mut child = t.run_cmd(&["--", "bash", &script]).spawn().unwrap();
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&["--", "bash", &script]);
+    let mut child = t.run_cmd(&args).spawn().unwrap();
     t.wait_for("the job to start", Duration::from_secs(10), || {
         t.path("ready").exists()
     });
@@ -344,6 +345,17 @@ fn cgjob_sigkilled_mid_job() {
     });
     assert!(killed_at.elapsed() < Duration::from_secs(3));
     t.assert_clean();
+}
+
+#[test]
+fn cgjob_sigkilled_mid_job() {
+    sigkilled_mid_job(&[]);
+}
+
+/// The guardian's own fallback: freeze, SIGKILL each, thaw.
+#[test]
+fn cgjob_sigkilled_mid_job_freeze_fallback() {
+    sigkilled_mid_job(&["--kill-method", "freeze"]);
 }
 
 /// A v1 pids cgroup with `max`, as a fork-bomb safety net; `None` where v1 pids is not mounted.
