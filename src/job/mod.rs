@@ -1,6 +1,7 @@
 //! POLICY: what a job is and how it is supervised, escalated, swept and reported. Calls the
 //! mechanism in `cgroup` and `process`; never writes cgroupfs itself.
 
+pub mod batch;
 pub mod gc;
 pub mod guardian;
 pub mod leftovers;
