@@ -53,6 +53,10 @@ pub enum Command {
     /// Exit status: 0 when every stale job cgroup was removed; 123 when one could not be
     /// emptied; 125 on failure.
     Gc(GcArgs),
+    /// Batch-scheduler jobs (Slurm, Grid Engine, PBS), keyed by job id: prolog, task
+    /// placement, status, epilog.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Print a shell completion script for cgjob on stdout.
     ///
     /// For example: `cgjob completions bash > /etc/bash_completion.d/cgjob`.
@@ -199,7 +203,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct ManArgs {
     /// The subcommand whose page to print [default: the top-level page].
-    #[arg(value_name = "COMMAND", value_parser = ["run", "gc", "completions", "man"])]
+    #[arg(value_name = "COMMAND", value_parser = ["run", "gc", "job", "completions", "man"])]
     pub command: Option<String>,
 }
 
@@ -240,4 +244,160 @@ mod tests {
             .collect();
         assert_eq!(values, subs);
     }
+}
+
+/// Which job, and where its cgroup lives.
+#[derive(Debug, Args)]
+pub struct JobTarget {
+    #[command(flatten)]
+    pub place: PlaceArgs,
+
+    /// The scheduler's job id [default: $SLURM_JOB_ID, else $PBS_JOBID, else $JOB_ID].
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Make the job's cgroup (prolog). Idempotent; processes of an earlier job with the same
+    /// id found in it are killed and reported.
+    ///
+    /// Exit status: 0; 2 on a bad job id; 125 on failure.
+    Create(JobCreateArgs),
+    /// Run a command inside the job's cgroup: cgjob joins it, then execs the command (a job
+    /// wrapper, Grid Engine's starter_method).
+    ///
+    /// Exit status: the command's (cgjob is replaced by it); 125 if the cgroup cannot be
+    /// joined; 126 not executable; 127 not found.
+    Exec(JobExecArgs),
+    /// Move running processes into the job's cgroup (for hooks that only have a pid).
+    ///
+    /// Exit status: 0 when every pid was moved; 125 otherwise.
+    Attach(JobAttachArgs),
+    /// Send a signal to every process of the job.
+    ///
+    /// Exit status: 0; 125 on failure.
+    Signal(JobSignalArgs),
+    /// Show the job's processes: pid, user, state, command.
+    ///
+    /// Exit status: 0; 125 when the job has no cgroup.
+    Status(JobStatusArgs),
+    /// List the scheduler jobs that have a cgroup here.
+    List(JobListArgs),
+    /// Empty and remove the job's cgroup (epilog): SIGTERM, --grace, kill; report what was
+    /// left, as data and as Grid-Engine-style `rogue` lines.
+    ///
+    /// Exit status: 0 when the node is clean; 123 when something could not be killed (the
+    /// node should be drained); 125 on failure.
+    Cleanup(JobCleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobCreateArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// The job's user [default: $SLURM_JOB_UID, else the caller's uid].
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// The scheduler [default: from the variable the job id came from, else other].
+    #[arg(long, value_enum)]
+    pub scheduler: Option<crate::job::batch::Scheduler>,
+
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(override_usage = "cgjob job exec [OPTIONS] -- <CMD> [ARGS]...")]
+pub struct JobExecArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// Create the job's cgroup if it does not exist.
+    #[arg(long)]
+    pub create: bool,
+
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobAttachArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// Processes to move in.
+    #[arg(long = "pid", value_name = "PID", required = true, num_args = 1..)]
+    pub pids: Vec<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobSignalArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// The signal: a name (TERM, SIGTERM) or a number (15).
+    #[arg(long, short, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub signal: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct JobStatusArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// Print the status as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobListArgs {
+    #[command(flatten)]
+    pub place: PlaceArgs,
+
+    /// Print the list as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobCleanupArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// Wait DUR between SIGTERM and the kill.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = config::parse_duration)]
+    pub grace: Duration,
+
+    /// After the first kill, how long to wait for the cgroup to empty before reporting the
+    /// rest as unkillable.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = config::parse_duration)]
+    pub kill_timeout: Duration,
+
+    /// Also find the job's processes outside its cgroup — the job's uid, and the scheduler's
+    /// job id variable in their environment — and report and kill them as escaped.
+    #[arg(long)]
+    pub sweep: bool,
+
+    /// The job's user, for --sweep [default: the uid recorded at create, else $SLURM_JOB_UID].
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// The environment variable that carries the job id, for --sweep [default: the
+    /// scheduler's].
+    #[arg(long, value_name = "VAR")]
+    pub marker_var: Option<String>,
+
+    /// Print the result record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the result record (JSON) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }

@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod gc;
+pub mod job;
 pub mod man;
 pub mod run;
 
@@ -16,6 +17,7 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run::run(args, cli.verbose > 0),
         Command::Gc(args) => gc::gc(args),
+        Command::Job(cmd) => job::job(cmd),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => man::man(args),
     }

@@ -20,7 +20,9 @@ pub const JOB_ID_VARS: &[(&str, Scheduler)] = &[
 
 /// Which scheduler a job belongs to (recorded, and used to find escaped processes by their
 /// environment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     Slurm,
@@ -52,12 +54,18 @@ impl JobId {
             return Err("a job id cannot be empty".into());
         }
         if s.len() > JOB_ID_MAX {
-            return Err(format!("job id is {} characters long; at most {JOB_ID_MAX}", s.len()));
+            return Err(format!(
+                "job id is {} characters long; at most {JOB_ID_MAX}",
+                s.len()
+            ));
         }
         if s.starts_with('.') || s.starts_with('-') {
             return Err(format!("job id {s:?} must not start with '.' or '-'"));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+        {
             return Err(format!(
                 "job id {:?} has {c:?}; job ids are letters, digits, '.', '_' and '-'",
                 s.escape_debug().to_string()
@@ -121,11 +129,31 @@ mod tests {
 
     #[test]
     fn job_ids() {
-        for ok in ["1", "1234", "1234.5", "1234.server.example.org", "array_12-3", &"9".repeat(128)] {
+        for ok in [
+            "1",
+            "1234",
+            "1234.5",
+            "1234.server.example.org",
+            "array_12-3",
+            &"9".repeat(128),
+        ] {
             assert!(JobId::parse(ok).is_ok(), "{ok}");
         }
         let long = "9".repeat(129);
-        for bad in ["", ".", "..", "../etc", "a/b", "-1", ".hidden", "12 34", "12\0", "1;rm", "é", long.as_str()] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "-1",
+            ".hidden",
+            "12 34",
+            "12\0",
+            "1;rm",
+            "é",
+            long.as_str(),
+        ] {
             assert!(JobId::parse(bad).is_err(), "{bad:?} must be refused");
         }
         assert_eq!(JobId::parse("42").unwrap().cgroup_name(), "job-42");
@@ -143,7 +171,9 @@ mod tests {
         assert_eq!((id.as_str(), s), ("77", Some(Scheduler::Slurm)));
         let sge = |k: &str| (k == "JOB_ID").then(|| "88".to_string());
         assert_eq!(job_id_from(None, sge).unwrap().1, Some(Scheduler::Sge));
-        assert!(job_id_from(None, |_| None).unwrap_err().contains("--job-id"));
+        assert!(job_id_from(None, |_| None)
+            .unwrap_err()
+            .contains("--job-id"));
         let bad = |k: &str| (k == "PBS_JOBID").then(|| "../x".to_string());
         assert!(job_id_from(None, bad).unwrap_err().starts_with("PBS_JOBID"));
     }

@@ -12,6 +12,10 @@ use super::meta;
 use crate::cgroup::kill::{self, KillError, KillRequest};
 use crate::cgroup::{Cgroup, CgroupFsError, EventsFile};
 
+/// An empty scheduler job cgroup younger than this is left alone (its tasks may not have
+/// started yet).
+const BATCH_MIN_AGE_SECS: u64 = 3600;
+
 /// How long `gc` keeps killing one stale cgroup before giving up on it.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,7 +91,17 @@ pub fn sweep(parent: &Path, dry_run: bool) -> Result<Vec<StaleJob>, GcError> {
         }
         let cg = Cgroup::at(ent.path());
         let Some(m) = meta::read(&cg)? else { continue };
-        if m.job_alive(&cg) {
+        if m.is_batch() {
+            // A scheduler's job has no supervisor to check: its cgroup is stale when it holds
+            // no process and is older than any prolog-to-first-task gap.
+            let populated = EventsFile::open(cg.path())
+                .and_then(|e| e.read())
+                .map(|e| e.populated)
+                .unwrap_or(true);
+            if populated || m.age() < BATCH_MIN_AGE_SECS {
+                continue;
+            }
+        } else if m.job_alive(&cg) {
             continue;
         }
         let name = ent.file_name().to_string_lossy().into_owned();

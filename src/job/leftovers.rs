@@ -265,6 +265,24 @@ impl Tracker {
             .collect())
     }
 
+    /// Processes outside the cgroup that belong to the job all the same (found by their
+    /// environment), for [`Tracker::describe`]. Known and excluded ones are left out.
+    pub fn found_outside(&self, pids: &[i32]) -> Vec<Found> {
+        pids.iter()
+            .filter(|p| !self.exclude.contains(p) && !self.known(**p))
+            .filter_map(|&pid| {
+                let pidfd = PidFd::open(pid).ok().flatten()?;
+                Some(Found {
+                    pid,
+                    proc_pid: Some(pid),
+                    stat: None,
+                    pidfd: Some(pidfd),
+                    in_cgroup: false,
+                })
+            })
+            .collect()
+    }
+
     /// Describe what a snapshot found (state, start time, uid, command line) and record it;
     /// with `sig`, send it to each process right after describing it, so that describing
     /// the next ones overlaps with the first ones leaving. Returns how many were recorded.

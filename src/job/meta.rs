@@ -23,6 +23,18 @@ pub struct JobMeta {
     pub uid: u32,
     /// Seconds since the epoch.
     pub created: u64,
+    /// For a scheduler's job (`kind` = `job`): its id and scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<crate::job::batch::Scheduler>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl JobMeta {
@@ -36,11 +48,35 @@ impl JobMeta {
             supervisor_start: procinfo::read_stat(pid).map(|s| s.start_ticks).unwrap_or(0),
             // SAFETY: getuid has no preconditions.
             uid: unsafe { libc::getuid() },
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: now_secs(),
+            job_id: None,
+            scheduler: None,
         }
+    }
+
+    /// The record of a scheduler's job: no supervisor process (the scheduler's prolog and
+    /// epilog bracket it), owned by the job's user.
+    pub fn for_batch(id: &str, scheduler: crate::job::batch::Scheduler, uid: u32) -> JobMeta {
+        JobMeta {
+            version: 1,
+            kind: "job".into(),
+            supervisor_pid: 0,
+            supervisor_start: 0,
+            uid,
+            created: now_secs(),
+            job_id: Some(id.to_owned()),
+            scheduler: Some(scheduler),
+        }
+    }
+
+    /// A scheduler's job rather than a `cgjob run`.
+    pub fn is_batch(&self) -> bool {
+        self.kind == "job"
+    }
+
+    /// Seconds since the record was made.
+    pub fn age(&self) -> u64 {
+        now_secs().saturating_sub(self.created)
     }
 
     /// Whether the job of `cg` still has its supervisor: the supervisor holds the cgroup

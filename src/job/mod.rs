@@ -2,6 +2,7 @@
 //! mechanism in `cgroup` and `process`; never writes cgroupfs itself.
 
 pub mod batch;
+pub mod cleanup;
 pub mod gc;
 pub mod guardian;
 pub mod leftovers;

@@ -6,6 +6,7 @@ mod util;
 mod docs;
 mod errors;
 mod escapes;
+mod job;
 mod pid1;
 mod run;
 mod tty;

@@ -1,0 +1,296 @@
+//! POLICY: creating a scheduler job's cgroup (prolog) and cleaning it up (epilog): SIGTERM,
+//! a grace period, then kill passes until empty; optionally a sweep for the job's processes
+//! that live outside the cgroup (same uid, the scheduler's job id in their environment).
+//! Everything found is reported as data.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::batch::{self, JobId, Scheduler};
+use super::leftovers::{Leftover, Tracker};
+use super::meta::{self, JobMeta};
+use super::place::PlaceError;
+use crate::cgroup::kill::{self, KillError, KillMethod, KillRequest};
+use crate::cgroup::{Cgroup, CgroupFsError, EventsFile};
+use crate::process::procinfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    #[error(transparent)]
+    Fs(#[from] CgroupFsError),
+    #[error(transparent)]
+    Kill(#[from] KillError),
+    #[error("no cgroup for job {0} (was `cgjob job create` run for it?)")]
+    NoSuchJob(JobId),
+}
+
+/// What `create` did.
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub job_id: String,
+    pub cgroup: PathBuf,
+    /// False when the cgroup was there already, empty (a repeated prolog).
+    pub created: bool,
+    /// Processes of an earlier job with the same id, found in the cgroup and killed.
+    pub stale: Vec<Leftover>,
+}
+
+/// Make the cgroup of job `id` (idempotent). A cgroup that already holds processes belongs
+/// to an earlier job with the same id — the prolog runs before any process of this job
+/// exists — so they are killed and reported, and the cgroup is reused.
+pub fn create(
+    parent: &Path,
+    id: &JobId,
+    scheduler: Scheduler,
+    uid: u32,
+) -> Result<Created, JobError> {
+    if !parent.is_dir() {
+        Cgroup::ensure(parent).map_err(PlaceError::from)?;
+    }
+    let cg = batch::job_cgroup(parent, id);
+    let (created, stale) = match std::fs::create_dir(cg.path()) {
+        Ok(()) => (true, Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let events = EventsFile::open(cg.path())?;
+            let stale = if events.read()?.populated {
+                let mut t = Tracker::cgroup_only();
+                t.scan(&cg)?;
+                if !kill_until_empty(&cg, &events, &mut t, KILL_TIMEOUT)? {
+                    tracing::warn!(cgroup = %cg.path().display(), "processes of an earlier job could not be killed");
+                }
+                t.mark_at_end();
+                t.leftovers
+            } else {
+                Vec::new()
+            };
+            (false, stale)
+        }
+        Err(e) => {
+            return Err(PlaceError::from(CgroupFsError::new("create cgroup", cg.path(), e)).into())
+        }
+    };
+    if let Err(e) = meta::write(&cg, &JobMeta::for_batch(id.as_str(), scheduler, uid)) {
+        tracing::warn!(error = %e, "cannot record the job's owner on its cgroup");
+    }
+    Ok(Created {
+        job_id: id.to_string(),
+        cgroup: cg.path().to_owned(),
+        created,
+        stale,
+    })
+}
+
+/// How long kill passes go on before what is left is declared unkillable.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+const REKILL: Duration = Duration::from_millis(200);
+
+/// Settings of a cleanup.
+#[derive(Debug, Clone)]
+pub struct CleanupSpec {
+    pub grace: Duration,
+    pub kill_timeout: Duration,
+    /// Also look for the job's processes outside its cgroup: same uid, and this
+    /// `VAR=value` in their environment.
+    pub sweep: Option<Sweep>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub uid: u32,
+    pub var: String,
+    pub value: String,
+}
+
+/// The result of a cleanup.
+#[derive(Debug, Serialize)]
+pub struct Cleaned {
+    pub job_id: String,
+    pub cgroup: PathBuf,
+    /// Every process found, with how it ended; `in_cgroup: false` for those found by the sweep.
+    pub leftovers: Vec<Leftover>,
+    pub kill_method: Option<KillMethod>,
+    pub duration_ms: f64,
+    pub cgroup_removed: bool,
+    /// Something survived every kill: the node is not clean.
+    pub unkillable: bool,
+}
+
+/// Empty and remove the cgroup of job `id`: SIGTERM everything (and SIGCONT the stopped),
+/// wait the grace period for it to leave (event-driven), then kill passes until empty.
+pub fn cleanup(parent: &Path, id: &JobId, spec: &CleanupSpec) -> Result<Cleaned, JobError> {
+    let started = Instant::now();
+    let cg = batch::job_cgroup(parent, id);
+    let exists = cg.path().is_dir();
+    let mut t = Tracker::cgroup_only();
+    let events = if exists {
+        Some(EventsFile::open(cg.path())?)
+    } else {
+        None
+    };
+
+    // Record and SIGTERM: the cgroup's processes, and the sweep's.
+    if exists {
+        let found = t.snapshot(&cg)?;
+        t.describe(found, Some(libc::SIGTERM));
+    }
+    if let Some(sw) = &spec.sweep {
+        let outside = find_outside(sw, &cg);
+        let found = t.found_outside(&outside);
+        t.describe(found, Some(libc::SIGTERM));
+    }
+    let mut method = None;
+    let mut clean = wait_gone(events.as_ref(), &t, Instant::now() + spec.grace)?;
+    if !clean {
+        if let Some(ev) = &events {
+            let m = kill::resolve(&cg, KillRequest::Auto)?;
+            method = Some(m);
+            // Newcomers since the SIGTERM are recorded as they are killed.
+            t.scan(&cg)?;
+            t.mark_at_kill();
+            clean = kill_until_empty(&cg, ev, &mut t, spec.kill_timeout)?;
+        } else {
+            t.mark_at_kill();
+        }
+        t.kill_escaped();
+        clean = clean && wait_gone(None, &t, Instant::now() + spec.kill_timeout)?;
+    }
+    t.mark_at_end();
+    let removed = if exists && clean {
+        match cg.remove() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove the job cgroup");
+                false
+            }
+        }
+    } else {
+        !exists
+    };
+    Ok(Cleaned {
+        job_id: id.to_string(),
+        cgroup: cg.path().to_owned(),
+        unkillable: !clean,
+        leftovers: t.leftovers,
+        kill_method: method,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        cgroup_removed: removed,
+    })
+}
+
+/// Kill passes (SIGKILL to the sweep's processes too) until the cgroup is empty, bounded.
+fn kill_until_empty(
+    cg: &Cgroup,
+    events: &EventsFile,
+    t: &mut Tracker,
+    timeout: Duration,
+) -> Result<bool, JobError> {
+    let method = kill::resolve(cg, KillRequest::Auto)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match kill::kill_pass(
+            cg,
+            events,
+            method,
+            Instant::now() + Duration::from_millis(500),
+        ) {
+            Err(KillError::Fs(e)) if e.is_gone() => return Ok(true),
+            r => r?,
+        }
+        t.kill_escaped();
+        let step = (Instant::now() + REKILL).min(deadline);
+        let (_, empty) = match events.wait_until(step, |e| !e.populated) {
+            Err(e) if e.is_gone() => return Ok(true),
+            r => r?,
+        };
+        if empty {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        // Record what was born since the last pass, before it is killed.
+        t.scan(cg)?;
+        t.mark_at_kill();
+    }
+}
+
+/// Wait until the cgroup is empty and every recorded process is gone, or `deadline`:
+/// one `poll` over `cgroup.events` (POLLPRI) and the processes' pidfds, no sleeping.
+fn wait_gone(
+    events: Option<&EventsFile>,
+    t: &Tracker,
+    deadline: Instant,
+) -> Result<bool, JobError> {
+    loop {
+        let populated = match events {
+            Some(e) => match e.read() {
+                Ok(ev) => ev.populated,
+                Err(err) if err.is_gone() => false,
+                Err(err) => return Err(err.into()),
+            },
+            None => false,
+        };
+        let alive: Vec<_> = t
+            .alive()
+            .filter_map(|l| l.pidfd().map(|p| p.as_fd().as_raw_fd()))
+            .collect();
+        if !populated && alive.is_empty() {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        let mut fds: Vec<libc::pollfd> = alive
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: *fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if let (Some(e), true) = (events, populated) {
+            fds.push(libc::pollfd {
+                fd: e.raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            });
+        }
+        let ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: poll over a local array of valid descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+}
+
+/// Processes outside the job cgroup that belong to the job: owned by `uid` and carrying
+/// `VAR=value` in their environment (a scheduler puts its job id there; survivors keep it
+/// unless they scrub it).
+pub fn find_outside(sw: &Sweep, cg: &Cgroup) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let inside: std::collections::HashSet<i32> = cg
+        .procs_recursive()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let me = std::process::id() as i32;
+    let needle = format!("{}={}", sw.var, sw.value);
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me && !inside.contains(pid))
+        // Cheap first: the owner of /proc/PID is the process's effective uid.
+        .filter(|pid| std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == sw.uid))
+        .filter(|pid| procinfo::read_uid(*pid) == Some(sw.uid))
+        .filter(|pid| {
+            procinfo::read_pseudo(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}

@@ -1,0 +1,409 @@
+//! `cgjob job …`: the scheduler job commands, on the real kernel.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn job(t: &TestJob, args: &[&str]) -> Command {
+    let mut c = t.cgjob();
+    c.arg("job")
+        .arg(args[0])
+        .arg("--parent")
+        .arg(&t.parent)
+        .args(&args[1..]);
+    c
+}
+
+fn cg(t: &TestJob, id: &str) -> std::path::PathBuf {
+    t.parent.join(format!("job-{id}"))
+}
+
+/// Start `sleep` directly in a cgroup (joined before exec), carrying the test's marker.
+fn sleeper_in(t: &TestJob, cgroup: &Path, secs: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let mut c = Command::new("sleep");
+    c.arg(secs).env(MARKER_VAR, &t.marker).stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap();
+    // SAFETY: only a write(2) on an open fd between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            use std::io::Write;
+            (&f).write_all(b"0")
+        });
+    }
+    c.spawn().unwrap()
+}
+
+#[test]
+fn create_is_idempotent_and_reports_stale_processes() {
+    let t = TestJob::new("jcreate");
+    let o = run_bounded(
+        job(
+            &t,
+            &[
+                "create",
+                "--job-id",
+                "101",
+                "--scheduler",
+                "slurm",
+                "--json",
+            ],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["created"], true);
+    assert!(cg(&t, "101").is_dir());
+    // Again, empty: nothing happens.
+    let o = run_bounded(job(&t, &["create", "--job-id", "101", "--json"]), LIMIT);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            code(&o),
+            v["created"].clone(),
+            v["stale"].as_array().unwrap().len()
+        ),
+        (0, false.into(), 0)
+    );
+    // An earlier job with the same id left a process: the prolog kills and reports it.
+    let mut old = sleeper_in(&t, &cg(&t, "101"), "1101", &[]);
+    let o = run_bounded(job(&t, &["create", "--job-id", "101", "--json"]), LIMIT);
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stale"][0]["cmdline"][1], "1101", "{v}");
+    assert!(stderr_of(&o).contains("stale: pid"), "{}", stderr_of(&o));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(old.wait().unwrap().signal(), Some(9));
+    assert!(procs(&cg(&t, "101")).is_empty() && cg(&t, "101").is_dir());
+}
+
+#[test]
+fn bad_job_ids_are_refused_and_nothing_is_made() {
+    let t = TestJob::new("jbadid");
+    let long = "7".repeat(129);
+    for bad in ["../x", "a/b", "", ".", "-1", "1;2", long.as_str()] {
+        let o = run_bounded(job(&t, &["create", "--job-id", bad]), LIMIT);
+        assert_eq!(code(&o), 2, "{bad:?}: {}", stderr_of(&o));
+        assert_eq!(stderr_of(&o).lines().count(), 1, "{bad:?}");
+    }
+    // From the scheduler's variable too, naming it.
+    let mut c = job(&t, &["create"]);
+    c.env("SLURM_JOB_ID", "../../etc");
+    let o = run_bounded(c, LIMIT);
+    assert_eq!(code(&o), 2);
+    assert!(stderr_of(&o).contains("SLURM_JOB_ID"), "{}", stderr_of(&o));
+    // No id at all.
+    let mut c = job(&t, &["create"]);
+    c.env_remove("SLURM_JOB_ID")
+        .env_remove("JOB_ID")
+        .env_remove("PBS_JOBID");
+    let o = run_bounded(c, LIMIT);
+    assert_eq!(code(&o), 2);
+    assert!(stderr_of(&o).contains("--job-id"));
+    let left: Vec<_> = std::fs::read_dir(&t.parent)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn job_id_from_the_scheduler_and_flag_wins() {
+    let t = TestJob::new("jenv");
+    let mut c = job(&t, &["create"]);
+    c.env("SLURM_JOB_ID", "202");
+    assert_eq!(code(&run_bounded(c, LIMIT)), 0);
+    let mut c = job(&t, &["create", "--job-id", "203"]);
+    c.env("SLURM_JOB_ID", "202").env("JOB_ID", "204");
+    assert_eq!(code(&run_bounded(c, LIMIT)), 0);
+    assert!(cg(&t, "202").is_dir() && cg(&t, "203").is_dir() && !cg(&t, "204").exists());
+}
+
+#[test]
+fn exec_runs_the_command_inside_and_attach_moves_pids_in() {
+    let t = TestJob::new("jexec");
+    // Without the cgroup: a clear error, nothing run.
+    let o = run_bounded(job(&t, &["exec", "--job-id", "301", "--", "true"]), LIMIT);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr_of(&o).contains("cgjob job create"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = run_bounded(
+        job(
+            &t,
+            &[
+                "exec",
+                "--job-id",
+                "301",
+                "--create",
+                "--",
+                "cat",
+                "/proc/self/cgroup",
+            ],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let rel = cg(&t, "301")
+        .strip_prefix(&t.root)
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("0::/{rel}")));
+    // The exit status is the command's own (cgjob became it).
+    assert_eq!(
+        code(&run_bounded(
+            job(&t, &["exec", "--job-id", "301", "--", "sh", "-c", "exit 7"]),
+            LIMIT
+        )),
+        7
+    );
+    assert_eq!(
+        code(&run_bounded(
+            job(&t, &["exec", "--job-id", "301", "--", "no-such-cmd-xyz"]),
+            LIMIT
+        )),
+        127
+    );
+
+    let mut s = Command::new("sleep");
+    s.arg("1301").env(MARKER_VAR, &t.marker);
+    let mut s = s.spawn().unwrap();
+    let o = run_bounded(
+        job(
+            &t,
+            &["attach", "--job-id", "301", "--pid", &s.id().to_string()],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    assert!(procs(&cg(&t, "301")).contains(&(s.id() as i32)));
+    let o = run_bounded(
+        job(&t, &["attach", "--job-id", "301", "--pid", "999999999"]),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 125);
+    assert!(stderr_of(&o).contains("999999999"));
+    let o = run_bounded(job(&t, &["status", "--job-id", "301", "--json"]), LIMIT);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["processes"][0]["pid"], s.id());
+    assert_eq!(v["owner"]["job_id"], "301");
+    let o = run_bounded(job(&t, &["list", "--json"]), LIMIT);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["job_id"], "301");
+    assert_eq!(v[0]["processes"], 1);
+    let o = run_bounded(
+        job(&t, &["signal", "--job-id", "301", "--signal", "KILL"]),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(s.wait().unwrap().signal(), Some(9));
+}
+
+#[test]
+fn cleanup_kills_reports_sweeps_outside_and_removes() {
+    let t = TestJob::new("jclean");
+    assert_eq!(
+        code(&run_bounded(
+            job(
+                &t,
+                &[
+                    "create",
+                    "--job-id",
+                    "401",
+                    "--scheduler",
+                    "slurm",
+                    "--uid",
+                    "0"
+                ]
+            ),
+            LIMIT
+        )),
+        0
+    );
+    // Inside: one that leaves on SIGTERM, one that ignores it.
+    let script = t.script(
+        "j.sh",
+        "exec >/dev/null 2>&1; sleep 1401 & bash -c 'trap \"\" TERM; sleep 1402' & sleep 0.2; exit 0",
+    );
+    assert_eq!(
+        code(&run_bounded(
+            job(&t, &["exec", "--job-id", "401", "--", "bash", &script]),
+            LIMIT
+        )),
+        0
+    );
+    // Outside the cgroup but the job's: its uid and SLURM_JOB_ID=401 in its environment.
+    let mut outside = Command::new("sleep");
+    outside
+        .arg("1403")
+        .env(MARKER_VAR, &t.marker)
+        .env("SLURM_JOB_ID", "401");
+    let mut outside = outside.spawn().unwrap();
+    // Not the job's: another job id. Must survive.
+    let mut other = Command::new("sleep");
+    other.arg("1404").env("SLURM_JOB_ID", "4010");
+    let mut other = other.spawn().unwrap();
+
+    let o = run_bounded(
+        job(
+            &t,
+            &[
+                "cleanup", "--job-id", "401", "--sweep", "--grace", "0.5s", "--json",
+            ],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let err = stderr_of(&o);
+    assert!(err.contains("rogue process(es) found for job 401"), "{err}");
+    assert!(
+        err.contains("rogue: sleep 1401") && err.contains("rogue: sleep 1403"),
+        "{err}"
+    );
+    let by_cmd = |c: &str| {
+        v["leftovers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["cmdline"].to_string().contains(c))
+            .cloned()
+            .unwrap_or_else(|| panic!("{c} not in {v}"))
+    };
+    assert_eq!(by_cmd("1401")["ended_by"], "exited-during-grace");
+    assert_eq!(by_cmd("1403")["in_cgroup"], false);
+    assert_eq!(by_cmd("1403")["ended_by"], "exited-during-grace");
+    assert!(
+        v["leftovers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["ended_by"] == "killed"),
+        "{v}"
+    );
+    assert_eq!(v["cgroup_removed"], true);
+    assert!(!cg(&t, "401").exists());
+    outside.wait().unwrap();
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "another job's process was touched"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+    assert!(t.survivors().is_empty(), "{:?}", t.survivors());
+    // A second cleanup: nothing to do, clean.
+    assert_eq!(
+        code(&run_bounded(
+            job(&t, &["cleanup", "--job-id", "401"]),
+            LIMIT
+        )),
+        0
+    );
+}
+
+#[test]
+fn cleanup_of_a_job_that_forks_while_being_killed() {
+    let t = TestJob::new("jchase");
+    assert_eq!(
+        code(&run_bounded(job(&t, &["create", "--job-id", "501"]), LIMIT)),
+        0
+    );
+    let script = t.script(
+        "j.sh",
+        "exec >/dev/null 2>&1\npython3 -c '\nimport os, signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    if os.fork() != 0:\n        os._exit(0)\n' &\nbash -c 'trap \"\" TERM; while :; do (trap \"\" TERM; sleep 0.01) & wait; done' &\nsleep 0.3",
+    );
+    assert_eq!(
+        code(&run_bounded(
+            job(&t, &["exec", "--job-id", "501", "--", "bash", &script]),
+            LIMIT
+        )),
+        0
+    );
+    let start = Instant::now();
+    let o = run_bounded(
+        job(
+            &t,
+            &["cleanup", "--job-id", "501", "--grace", "0.3s", "--json"],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(!cg(&t, "501").exists());
+    assert!(t.survivors().is_empty(), "{:?}", t.survivors());
+}
+
+#[test]
+fn cleanup_reports_unkillable_with_its_own_status() {
+    let mut t = TestJob::new("junkill");
+    let frz = Path::new("/sys/fs/cgroup/freezer").join(format!("cgjob-test-{}", t.name));
+    assert!(
+        Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists(),
+        "needs the v1 freezer (hybrid host)"
+    );
+    std::fs::create_dir_all(&frz).unwrap();
+    t.on_drop_remove(frz.clone());
+    assert_eq!(
+        code(&run_bounded(job(&t, &["create", "--job-id", "601"]), LIMIT)),
+        0
+    );
+    let mut s = sleeper_in(&t, &cg(&t, "601"), "1601", &[]);
+    std::fs::write(frz.join("cgroup.procs"), s.id().to_string()).unwrap();
+    std::fs::write(frz.join("freezer.state"), "FROZEN").unwrap();
+    let o = run_bounded(
+        job(
+            &t,
+            &[
+                "cleanup",
+                "--job-id",
+                "601",
+                "--grace",
+                "0.2s",
+                "--kill-timeout",
+                "1s",
+            ],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 123, "{}", stderr_of(&o));
+    assert!(stderr_of(&o).contains("left in place"), "{}", stderr_of(&o));
+    assert!(cg(&t, "601").is_dir());
+    std::fs::write(frz.join("freezer.state"), "THAWED").unwrap();
+    let o = run_bounded(job(&t, &["cleanup", "--job-id", "601"]), LIMIT);
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    assert!(!cg(&t, "601").exists());
+    s.wait().unwrap();
+}
+
+#[test]
+fn gc_leaves_a_fresh_empty_scheduler_job_alone() {
+    let t = TestJob::new("jgc");
+    assert_eq!(
+        code(&run_bounded(job(&t, &["create", "--job-id", "701"]), LIMIT)),
+        0
+    );
+    let mut c = t.cgjob();
+    c.args(["gc", "--parent"]).arg(&t.parent);
+    let o = run_bounded(c, LIMIT);
+    assert_eq!(code(&o), 0);
+    assert!(
+        cg(&t, "701").is_dir(),
+        "a prolog's cgroup waiting for its tasks is not stale"
+    );
+}
