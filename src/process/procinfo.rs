@@ -5,9 +5,9 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 /// Read a pseudo-file (procfs, cgroupfs) whole. Such files report size 0, so std's
-/// `read_to_string` probes with 32-byte reads and doubles, then reads again for EOF. Here:
-/// 4 KiB reads, and a short read ends it — seq_file-backed files (kernfs, /proc/PID/*) fill a
-/// read up to the size asked unless the content ends, so most files take one `read`.
+/// `read_to_string` probes with 32-byte reads and doubles; here reads are 4 KiB and more.
+/// Only a zero-length read ends it: a seq_file hands out one internal page per `read`, so a
+/// short read does not mean the end (`cgroup.procs` of a large job spans several).
 pub fn read_pseudo(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
@@ -17,15 +17,12 @@ pub fn read_pseudo(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
         if buf.len() - len < 1024 {
             buf.resize(buf.len() * 2, 0);
         }
-        let want = buf.len() - len;
         match f.read(&mut buf[len..]) {
-            Ok(n) => {
-                len += n;
-                if n < want {
-                    buf.truncate(len);
-                    return Ok(buf);
-                }
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(buf);
             }
+            Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -248,6 +245,19 @@ mod tests {
             Some(PathBuf::from("/cgjob/run-1"))
         );
         assert_eq!(parse_cgroup2_path("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn pseudo_files_are_read_to_the_end() {
+        // /proc/self/maps is a seq_file that spans pages once there are enough mappings.
+        let keep: Vec<Vec<u8>> = (0..300).map(|i| vec![1u8; 200_000 + i * 4096]).collect();
+        let ours = read_pseudo("/proc/self/maps").unwrap();
+        let theirs = std::fs::read("/proc/self/maps").unwrap();
+        drop(keep);
+        assert!(ours.len() > 4096, "the test needs a multi-page file");
+        assert_eq!(ours.len(), theirs.len());
+        let mountinfo = read_pseudo("/proc/self/mountinfo").unwrap();
+        assert_eq!(mountinfo, std::fs::read("/proc/self/mountinfo").unwrap());
     }
 
     #[test]

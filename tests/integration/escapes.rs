@@ -187,6 +187,40 @@ fn bounded_fork_bomb() {
     );
 }
 
+/// The fallback kill with more processes than one page of `cgroup.procs` lists, all ignoring
+/// SIGTERM: each pass must reach every one of them.
+#[test]
+fn freeze_fallback_kills_a_large_job() {
+    let mut t = TestJob::new("bigfreeze");
+    let net = pids_net(&mut t, 1700);
+    let script = t.script(
+        "big.sh",
+        "for i in $(seq 1500); do bash -c 'trap \"\" TERM; exec sleep 1020' & done; sleep 3; exit 0",
+    );
+    let mut cmd = t.run_cmd(&[
+        "--json",
+        "--grace",
+        "0.3s",
+        "--kill-method",
+        "freeze",
+        "--kill-timeout",
+        "20s",
+        "--",
+        "bash",
+        &script,
+    ]);
+    join_before_exec(&mut cmd, net.as_deref());
+    let o = run_bounded(cmd, Duration::from_secs(120));
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    t.assert_clean();
+    let rec = record_of(&o);
+    assert_eq!(rec["kill_method"], "freeze");
+    assert!(
+        rec["leftovers"].as_array().unwrap().len() >= 1500,
+        "every one recorded"
+    );
+}
+
 #[test]
 fn never_reaped_zombies() {
     let t = TestJob::new("zombies");
@@ -359,7 +393,7 @@ fn cgjob_sigkilled_mid_job_freeze_fallback() {
 }
 
 /// A v1 pids cgroup with `max`, as a fork-bomb safety net; `None` where v1 pids is not mounted.
-fn pids_net(t: &mut TestJob, max: u32) -> Option<PathBuf> {
+pub(crate) fn pids_net(t: &mut TestJob, max: u32) -> Option<PathBuf> {
     let v1 = Path::new("/sys/fs/cgroup/pids");
     if !v1.join("cgroup.procs").exists() {
         return None;
@@ -371,7 +405,7 @@ fn pids_net(t: &mut TestJob, max: u32) -> Option<PathBuf> {
     Some(p)
 }
 
-fn join_before_exec(cmd: &mut std::process::Command, cg: Option<&Path>) {
+pub(crate) fn join_before_exec(cmd: &mut std::process::Command, cg: Option<&Path>) {
     use std::os::unix::process::CommandExt;
     let Some(cg) = cg else { return };
     let f = std::fs::OpenOptions::new()

@@ -407,3 +407,45 @@ fn gc_leaves_a_fresh_empty_scheduler_job_alone() {
         "a prolog's cgroup waiting for its tasks is not stale"
     );
 }
+
+/// More pids than fit in one page of `cgroup.procs`: every one must be found and asked to
+/// leave (a reader that stops at a short read saw only the first ~700).
+#[test]
+fn cleanup_of_a_large_job_terms_every_process() {
+    let mut t = TestJob::new("jlarge");
+    let net = crate::escapes::pids_net(&mut t, 1400);
+    assert_eq!(
+        code(&run_bounded(job(&t, &["create", "--job-id", "801"]), LIMIT)),
+        0
+    );
+    let script = t.script(
+        "j.sh",
+        "exec >/dev/null 2>&1; for i in $(seq 1200); do sleep 1801 & done",
+    );
+    let mut c = job(&t, &["exec", "--job-id", "801", "--", "bash", &script]);
+    crate::escapes::join_before_exec(&mut c, net.as_deref());
+    assert_eq!(code(&run_bounded(c, LIMIT)), 0);
+    t.wait_for("1200 sleeps", Duration::from_secs(30), || {
+        procs(&cg(&t, "801")).len() >= 1200
+    });
+    let o = run_bounded(
+        job(
+            &t,
+            &["cleanup", "--job-id", "801", "--grace", "20s", "--json"],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let l = v["leftovers"].as_array().unwrap();
+    assert_eq!(l.len(), 1200);
+    assert!(
+        l.iter().all(|x| x["ended_by"] == "exited-during-grace"),
+        "every one got SIGTERM"
+    );
+    assert!(
+        v["duration_ms"].as_f64().unwrap() < 15_000.0,
+        "no wait for the grace period"
+    );
+    assert!(t.survivors().is_empty());
+}
