@@ -250,10 +250,33 @@ mod tests {
     #[test]
     fn pseudo_files_are_read_to_the_end() {
         // /proc/self/maps is a seq_file that spans pages once there are enough mappings.
-        let keep: Vec<Vec<u8>> = (0..300).map(|i| vec![1u8; 200_000 + i * 4096]).collect();
+        // Mappings of alternating protection, which the kernel cannot merge.
+        let maps: Vec<*mut libc::c_void> = (0..200)
+            .map(|i| {
+                let prot = if i % 2 == 0 {
+                    libc::PROT_READ
+                } else {
+                    libc::PROT_READ | libc::PROT_WRITE
+                };
+                // SAFETY: a fresh anonymous mapping, unmapped below.
+                unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        prot,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                }
+            })
+            .collect();
         let ours = read_pseudo("/proc/self/maps").unwrap();
         let theirs = std::fs::read("/proc/self/maps").unwrap();
-        drop(keep);
+        for m in maps {
+            // SAFETY: unmapping what was mapped above.
+            unsafe { libc::munmap(m, 4096) };
+        }
         assert!(ours.len() > 4096, "the test needs a multi-page file");
         assert_eq!(ours.len(), theirs.len());
         let mountinfo = read_pseudo("/proc/self/mountinfo").unwrap();
