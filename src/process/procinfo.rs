@@ -277,8 +277,15 @@ mod tests {
             // SAFETY: unmapping what was mapped above.
             unsafe { libc::munmap(m, 4096) };
         }
-        assert!(ours.len() > 4096, "the test needs a multi-page file");
-        assert_eq!(ours.len(), theirs.len());
+        // Other test threads may map and unmap meanwhile: compare what cannot move much.
+        let lines = |b: &[u8]| b.iter().filter(|c| **c == b'\n').count();
+        assert!(theirs.len() > 8192, "the test needs a multi-page file");
+        assert!(
+            lines(&ours) >= 200 && lines(&ours) + 20 > lines(&theirs),
+            "{} of {} lines",
+            lines(&ours),
+            lines(&theirs)
+        );
         let mountinfo = read_pseudo("/proc/self/mountinfo").unwrap();
         assert_eq!(mountinfo, std::fs::read("/proc/self/mountinfo").unwrap());
     }
