@@ -491,6 +491,34 @@ fn cgjob_bin() -> PathBuf {
     }
 }
 
+/// "static" or "dynamic": whether an ELF64 executable has a program interpreter (PT_INTERP).
+fn linkage(path: &std::path::Path) -> &'static str {
+    let Ok(b) = std::fs::read(path) else {
+        return "unreadable";
+    };
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|x| u16::from_le_bytes([x[0], x[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|x| u64::from_le_bytes(x.try_into().unwrap()) as usize)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return "not ELF64";
+    };
+    let has_interp = (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4) == Some(&3u32.to_le_bytes()[..])
+    });
+    if has_interp {
+        "dynamic"
+    } else {
+        "static"
+    }
+}
+
 struct RatioLine {
     name: &'static str,
     ratio: f64,
@@ -819,7 +847,11 @@ fn run() -> Result<bool> {
             " (smoke-test mode: run via `cargo bench` for real numbers)"
         }
     );
-    println!("  cgjob      {}", cgjob_bin().display());
+    println!(
+        "  cgjob      {} ({})",
+        cgjob_bin().display(),
+        linkage(&cgjob_bin())
+    );
     println!("  cgroup2    {}", mount.display());
     println!(
         "  cpus       {}",
