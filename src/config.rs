@@ -40,28 +40,37 @@ pub enum ForwardTo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobName(String);
 
+/// Check that `s` is safe as one cgroup path component: 1–`max` characters of
+/// `A-Z a-z 0-9 . _ -`, not starting with `.` or `-` (no `..`, no `/`, no NUL, clear of
+/// cgroupfs interface files and of option parsing in scripts). `what` names it in errors.
+pub fn check_component(s: &str, what: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("a {what} cannot be empty"));
+    }
+    if s.len() > max {
+        return Err(format!(
+            "{what} is {} characters long; at most {max}",
+            s.len()
+        ));
+    }
+    if s.starts_with('.') || s.starts_with('-') {
+        return Err(format!("{what} {s:?} must not start with '.' or '-'"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+    {
+        return Err(format!(
+            "{what} {:?} has {c:?}; use letters, digits, '.', '_' and '-'",
+            s.escape_debug().to_string()
+        ));
+    }
+    Ok(())
+}
+
 impl JobName {
     pub fn parse(s: &str) -> Result<JobName, String> {
-        if s.is_empty() {
-            return Err("a job name cannot be empty".into());
-        }
-        if s.len() > defaults::NAME_MAX {
-            return Err(format!(
-                "a job name is at most {} characters",
-                defaults::NAME_MAX
-            ));
-        }
-        if s.starts_with('.') || s.starts_with('-') {
-            return Err(format!("job name {s:?} must not start with '.' or '-'"));
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
-        {
-            return Err(format!(
-                "job name {s:?} has {c:?}; use letters, digits, '.', '_' and '-'"
-            ));
-        }
+        check_component(s, "job name", defaults::NAME_MAX)?;
         Ok(JobName(s.to_owned()))
     }
 

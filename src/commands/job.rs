@@ -41,17 +41,22 @@ impl Failure {
 }
 
 fn fail(e: impl std::error::Error) -> Failure {
-    let mut line = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let m = s.to_string();
-        if !line.contains(&m) {
-            line.push_str(": ");
-            line.push_str(&m);
-        }
-        src = s.source();
+    Failure(exit::FAILURE, super::error_line(&e))
+}
+
+/// The job's cgroup, which must exist.
+fn existing(parent: &std::path::Path, id: &JobId) -> Result<crate::cgroup::Cgroup, Failure> {
+    let cg = batch::job_cgroup(parent, id);
+    if !cg.path().is_dir() {
+        return Err(Failure(
+            exit::FAILURE,
+            format!(
+                "no cgroup for job {id} in {} (was `cgjob job create` run for it?)",
+                parent.display()
+            ),
+        ));
     }
-    Failure(exit::FAILURE, line)
+    Ok(cg)
 }
 
 fn parent_of(place: &PlaceArgs) -> Result<PathBuf, Failure> {
@@ -139,13 +144,7 @@ fn exec(a: JobExecArgs) -> Result<i32, Failure> {
 
 fn attach(a: JobAttachArgs) -> Result<i32, Failure> {
     let (parent, id, _) = target(&a.target)?;
-    let cg = batch::job_cgroup(&parent, &id);
-    if !cg.path().is_dir() {
-        return Err(Failure(
-            exit::FAILURE,
-            format!("no cgroup for job {id} in {}", parent.display()),
-        ));
-    }
+    let cg = existing(&parent, &id)?;
     let mut failed = false;
     for pid in a.pids {
         if let Err(e) = cg.write("cgroup.procs", &pid.to_string()) {
@@ -165,13 +164,7 @@ fn attach(a: JobAttachArgs) -> Result<i32, Failure> {
 
 fn signal(a: JobSignalArgs) -> Result<i32, Failure> {
     let (parent, id, _) = target(&a.target)?;
-    let cg = batch::job_cgroup(&parent, &id);
-    if !cg.path().is_dir() {
-        return Err(Failure(
-            exit::FAILURE,
-            format!("no cgroup for job {id} in {}", parent.display()),
-        ));
-    }
+    let cg = existing(&parent, &id)?;
     let sent = kill::signal_each(&cg, a.signal).map_err(fail)?;
     tracing::info!(count = sent.len(), "signalled");
     Ok(0)
@@ -187,13 +180,7 @@ struct Status {
 
 fn status(a: JobStatusArgs) -> Result<i32, Failure> {
     let (parent, id, _) = target(&a.target)?;
-    let cg = batch::job_cgroup(&parent, &id);
-    if !cg.path().is_dir() {
-        return Err(Failure(
-            exit::FAILURE,
-            format!("no cgroup for job {id} in {}", parent.display()),
-        ));
-    }
+    let cg = existing(&parent, &id)?;
     let mut t = Tracker::cgroup_only();
     t.scan(&cg).map_err(fail)?;
     let st = Status {

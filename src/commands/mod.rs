@@ -55,9 +55,10 @@ pub fn usage_error(e: clap::Error) -> i32 {
     exit::USAGE
 }
 
-/// Print an error and its causes on one line: `cgjob: what: why: why`.
-pub fn print_error(e: &dyn std::error::Error) {
-    let mut line = format!("cgjob: {e}");
+/// An error and its causes on one line: `what: why: why` (a cause already in the message is
+/// not repeated).
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
         let msg = s.to_string();
@@ -67,7 +68,12 @@ pub fn print_error(e: &dyn std::error::Error) {
         }
         src = s.source();
     }
-    eprintln!("{line}");
+    line
+}
+
+/// Print an error and its causes on one line: `cgjob: what: why: why`.
+pub fn print_error(e: &dyn std::error::Error) {
+    eprintln!("cgjob: {}", error_line(e));
 }
 
 /// Write generated text to stdout: 0 when written, or when the reader went away (`| head`

@@ -50,27 +50,7 @@ pub struct JobId(String);
 
 impl JobId {
     pub fn parse(s: &str) -> Result<JobId, String> {
-        if s.is_empty() {
-            return Err("a job id cannot be empty".into());
-        }
-        if s.len() > JOB_ID_MAX {
-            return Err(format!(
-                "job id is {} characters long; at most {JOB_ID_MAX}",
-                s.len()
-            ));
-        }
-        if s.starts_with('.') || s.starts_with('-') {
-            return Err(format!("job id {s:?} must not start with '.' or '-'"));
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
-        {
-            return Err(format!(
-                "job id {:?} has {c:?}; job ids are letters, digits, '.', '_' and '-'",
-                s.escape_debug().to_string()
-            ));
-        }
+        crate::config::check_component(s, "job id", JOB_ID_MAX)?;
         Ok(JobId(s.to_owned()))
     }
 
