@@ -393,6 +393,12 @@ pub struct JobCleanupArgs {
     #[arg(long, value_name = "VAR")]
     pub marker_var: Option<String>,
 
+    /// First move cgjob and its ancestors that are in the job's cgroup out of it (to the
+    /// cgroup2 root): for an epilog whose parent was moved into the job cgroup by the prolog
+    /// (Grid Engine's shepherd; see contrib/sge).
+    #[arg(long)]
+    pub spare_ancestors: bool,
+
     /// Print the result record as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -295,10 +295,17 @@ fn clean(a: JobCleanupArgs) -> Result<i32, Failure> {
     } else {
         None
     };
+    let spare_ancestors_to = if a.spare_ancestors {
+        let h = place::hierarchy(a.target.place.cgroup_root.as_deref()).map_err(fail)?;
+        Some(crate::cgroup::Cgroup::at(h.mount_point))
+    } else {
+        None
+    };
     let spec = CleanupSpec {
         grace: a.grace,
         kill_timeout: a.kill_timeout,
         sweep,
+        spare_ancestors_to,
     };
     let res = cleanup::cleanup(&parent, &id, &spec).map_err(fail)?;
     if !res.leftovers.is_empty() {

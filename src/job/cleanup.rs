@@ -97,6 +97,10 @@ pub struct CleanupSpec {
     /// Also look for the job's processes outside its cgroup: same uid, and this
     /// `VAR=value` in their environment.
     pub sweep: Option<Sweep>,
+    /// Move cgjob and those of its ancestors that are in the job cgroup out of it (to this
+    /// cgroup) before anything is killed: for an epilog run by a process of the job's
+    /// cgroup (Grid Engine's shepherd, moved in by the prolog so that the job is born inside).
+    pub spare_ancestors_to: Option<Cgroup>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +122,9 @@ pub struct Cleaned {
     pub cgroup_removed: bool,
     /// Something survived every kill: the node is not clean.
     pub unkillable: bool,
+    /// cgjob and its ancestors moved out of the cgroup before the kill (`--spare-ancestors`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spared: Vec<i32>,
 }
 
 /// Empty and remove the cgroup of job `id`: SIGTERM everything (and SIGCONT the stopped),
@@ -131,6 +138,10 @@ pub fn cleanup(parent: &Path, id: &JobId, spec: &CleanupSpec) -> Result<Cleaned,
         Some(EventsFile::open(cg.path())?)
     } else {
         None
+    };
+    let spared = match (&spec.spare_ancestors_to, exists) {
+        (Some(to), true) => spare_ancestors(&cg, to)?,
+        _ => Vec::new(),
     };
 
     // Record and SIGTERM: the cgroup's processes, and the sweep's.
@@ -179,7 +190,25 @@ pub fn cleanup(parent: &Path, id: &JobId, spec: &CleanupSpec) -> Result<Cleaned,
         kill_method: method,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         cgroup_removed: removed,
+        spared,
     })
+}
+
+/// Move the calling process, then its parent, grandparent… out of `cg` into `to`, for as long
+/// as they are in `cg`. Returns the pids moved.
+fn spare_ancestors(cg: &Cgroup, to: &Cgroup) -> Result<Vec<i32>, JobError> {
+    let inside: std::collections::HashSet<i32> = cg.procs_recursive()?.into_iter().collect();
+    let mut moved = Vec::new();
+    let mut pid = std::process::id() as i32;
+    while pid > 1 && inside.contains(&pid) {
+        to.write("cgroup.procs", &pid.to_string())?;
+        moved.push(pid);
+        match procinfo::read_stat(pid) {
+            Some(st) => pid = st.ppid,
+            None => break,
+        }
+    }
+    Ok(moved)
 }
 
 /// Kill passes (SIGKILL to the sweep's processes too) until the cgroup is empty, bounded.
@@ -277,14 +306,23 @@ pub fn find_outside(sw: &Sweep, cg: &Cgroup) -> Vec<i32> {
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let me = std::process::id() as i32;
+    // Never cgjob itself or its callers (an epilog and the scheduler process that runs it may
+    // carry the job's variable too).
+    let mut callers = std::collections::HashSet::new();
+    let mut p = std::process::id() as i32;
+    while p > 1 && callers.insert(p) {
+        match procinfo::read_stat(p) {
+            Some(st) => p = st.ppid,
+            None => break,
+        }
+    }
     let needle = format!("{}={}", sw.var, sw.value);
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     rd.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me && !inside.contains(pid))
+        .filter(|pid| !callers.contains(pid) && !inside.contains(pid))
         // Cheap first: the owner of /proc/PID is the process's effective uid.
         .filter(|pid| std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == sw.uid))
         .filter(|pid| procinfo::read_uid(*pid) == Some(sw.uid))

@@ -449,3 +449,56 @@ fn cleanup_of_a_large_job_terms_every_process() {
     );
     assert!(t.survivors().is_empty());
 }
+
+/// Grid Engine's shape: the prolog moves its parent (the shepherd) into the job cgroup, the
+/// shepherd starts the job (born inside), then runs the epilog, which must spare the
+/// shepherd and itself and kill the rest. Uses the scripts in contrib/sge.
+#[test]
+fn sge_style_shepherd_survives_its_epilog() {
+    let t = TestJob::new("jsge");
+    let sge = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sge");
+    let shepherd = t.script(
+        "shepherd.sh",
+        &format!(
+            "exec >/dev/null 2>>$TMPD/err\n\
+             /bin/sh {sge}/prolog.sh || exit 9\n\
+             setsid bash -c 'sleep 1901 &' & sleep 1902 &\n\
+             cat /proc/self/cgroup > $TMPD/job-cgroup\n\
+             sleep 0.3\n\
+             /bin/sh {sge}/epilog.sh\n\
+             echo alive > $TMPD/alive\n"
+        ),
+    );
+    let mut c = Command::new("bash");
+    c.arg(&shepherd)
+        .env(MARKER_VAR, &t.marker)
+        .env("TMPD", t.dir.path())
+        .env("CGJOB", env!("CARGO_BIN_EXE_cgjob"))
+        .env("CGJOB_PARENT", &t.parent)
+        .env("JOB_ID", "1900")
+        .env("USER", "root")
+        .stdin(Stdio::null());
+    let o = run_bounded(c, LIMIT);
+    let err = std::fs::read_to_string(t.path("err")).unwrap_or_default();
+    assert_eq!(code(&o), 0, "{err}");
+    assert!(
+        t.path("alive").exists(),
+        "the shepherd survived its epilog: {err}"
+    );
+    let rel = cg(&t, "1900")
+        .strip_prefix(&t.root)
+        .unwrap()
+        .display()
+        .to_string();
+    let job_cg = std::fs::read_to_string(t.path("job-cgroup")).unwrap();
+    assert!(
+        job_cg.contains(&format!("0::/{rel}")),
+        "the job ran in its cgroup: {job_cg}"
+    );
+    assert!(
+        err.contains("rogue: sleep 1901") && err.contains("rogue: sleep 1902"),
+        "{err}"
+    );
+    assert!(!cg(&t, "1900").exists());
+    assert!(t.survivors().is_empty(), "{:?}", t.survivors());
+}
