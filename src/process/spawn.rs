@@ -281,31 +281,95 @@ fn clone3_refused(e: &io::Error) -> bool {
 
 fn clone3_into(dir: &OwnedFd, ctx: &ChildCtx) -> io::Result<(i32, PidFd)> {
     let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: dir.as_raw_fd() as u64,
         ..Default::default()
     };
-    // SAFETY: without CLONE_VM, clone3 behaves like fork: the child gets a copy of our memory
-    // and returns 0 here; it then runs only async-signal-safe code in `child_exec`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    let rc = clone3_spawn(&mut args, ctx);
     if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if rc == 0 {
-        child_exec(ctx);
+        return Err(io::Error::from_raw_os_error(-rc as i32));
     }
     // SAFETY: the kernel stored a fresh pidfd for us.
     let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok((rc as i32, PidFd::from_owned(fd, rc as i32)))
+}
+
+/// clone3 that runs `child_exec(ctx)` in the child and returns the child's pid (or -errno)
+/// in the parent.
+///
+/// On x86_64 the child shares our memory and we wait until it has exec'd (`CLONE_VM |
+/// CLONE_VFORK`, on a stack of its own), as glibc's posix_spawn does: no page tables are
+/// copied and neither side takes copy-on-write faults afterwards. That is safe because the
+/// child only makes system calls on data prepared beforehand, writes nothing but its own
+/// stack (and errno, which we do not read meanwhile: we are suspended), and runs no signal
+/// handler (cgjob installs none; every signal is blocked until just before exec). glibc has
+/// no clone3 wrapper that takes a function, hence the few lines of assembly: after the
+/// syscall, the child — on the new stack — calls `child_exec`, which never returns.
+#[cfg(target_arch = "x86_64")]
+fn clone3_spawn(args: &mut CloneArgs, ctx: &ChildCtx) -> i64 {
+    const STACK: usize = 64 * 1024;
+    let mut stack = vec![0u128; STACK / 16]; // 16-byte aligned
+    args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+    args.stack = stack.as_mut_ptr() as u64;
+    args.stack_size = STACK as u64;
+    extern "C" fn entry(ctx: *const ChildCtx) -> ! {
+        // SAFETY: `ctx` points into the parent's memory, which we share and which stays put:
+        // the parent is suspended until we exec or exit.
+        child_exec(unsafe { &*ctx })
+    }
+    let ret: i64;
+    // SAFETY: a clone3 system call. In the parent it returns like any syscall. In the child
+    // (rax = 0) the kernel has set rsp to the top of `stack`; we call `entry`, which never
+    // returns; r12/r13 hold its argument and address in both (registers are copied).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") ctx as *const ChildCtx,
+            in("r13") entry as extern "C" fn(*const ChildCtx) -> !,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    drop(stack);
+    ret
+}
+
+/// Elsewhere, clone3 as a fork: the child gets a copy of our memory.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone3_spawn(args: &mut CloneArgs, ctx: &ChildCtx) -> i64 {
+    // SAFETY: without CLONE_VM, clone3 behaves like fork: the child returns 0 here and runs
+    // only async-signal-safe code in `child_exec`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc == 0 {
+        child_exec(ctx);
+    }
+    if rc < 0 {
+        -(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL) as i64)
+    } else {
+        rc
+    }
 }
 
 fn fork_join(cg: &Cgroup, ctx: &mut ChildCtx) -> Result<(i32, PidFd, SpawnMethod), SpawnError> {
