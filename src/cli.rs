@@ -47,6 +47,13 @@ pub enum Command {
     /// 123 if processes could not be killed (cgroup left in place); 125 if cgjob failed;
     /// 126 if the command cannot be executed; 127 if it is not found; 2 on bad usage.
     Run(RunArgs),
+    /// Show what this host offers for containing jobs, and which containment `cgjob run`
+    /// would use here, with the reasons.
+    ///
+    /// Changes nothing: no cgroup is made, no process started.
+    ///
+    /// Exit status: 0.
+    Doctor(DoctorArgs),
     /// Remove stale job cgroups: those whose supervisor is gone (their processes are killed
     /// and reported first).
     ///
@@ -82,7 +89,8 @@ pub struct PlaceArgs {
     pub cgroup_root: Option<PathBuf>,
 
     /// Parent cgroup of job cgroups: absolute, or relative to the cgroup2 root
-    /// [default: <root>/cgjob].
+    /// [default: <root>/cgjob; for `run`, `gc` and `doctor` by a user other than root,
+    /// <the delegated cgroup cgjob runs in>/cgjob].
     #[arg(long, value_name = "CGROUP", env = "CGJOB_PARENT", value_hint = ValueHint::DirPath)]
     pub parent: Option<PathBuf>,
 }
@@ -132,6 +140,23 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = ForwardTo::Main)]
     pub forward_to: ForwardTo,
 
+    /// How to contain the job. auto: the strongest this host allows — a cgroup of its own;
+    /// without one, cgjob's PID namespace when cgjob is its PID 1; else cgjob's process tree,
+    /// with a warning. The result record says which (`containment`); `cgjob doctor` says why.
+    #[arg(long, value_enum, default_value_t = ContainmentArg::Auto, env = "CGJOB_CONTAINMENT")]
+    pub containment: ContainmentArg,
+
+    /// Refuse to run the job without a cgroup of its own (status 125, nothing started)
+    /// rather than fall back to weaker containment.
+    /// (The variable takes 1/0, true/false, yes/no, on/off.)
+    #[arg(
+        long,
+        env = "CGJOB_REQUIRE_CGROUP",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub require_cgroup: bool,
+
     /// Write the job's result record (JSON) to FILE.
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub report: Option<PathBuf>,
@@ -161,6 +186,23 @@ pub enum LeftoversArg {
     /// Let them exit on their own: forever without --timeout, else until it fires (then as
     /// `term`). SIGTERM, SIGINT, SIGHUP or SIGQUIT to cgjob end the wait.
     Wait,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainmentArg {
+    /// The strongest available: cgroup-v2, else pid-namespace, else subreaper.
+    Auto,
+    /// A cgroup v2 cgroup of its own (as root under <root>/cgjob; otherwise in the delegated
+    /// cgroup cgjob runs in, or --parent).
+    #[value(name = "cgroup-v2")]
+    CgroupV2,
+    /// cgjob is PID 1 of a PID namespace (a container): at the end, every other process in
+    /// it is killed.
+    PidNamespace,
+    /// cgjob's descendants: it is their subreaper, and at the end kills its whole process
+    /// tree, again and again until none is left. Weaker: a process started through another
+    /// supervisor is out of reach.
+    Subreaper,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,6 +236,16 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub place: PlaceArgs,
+
+    /// Print the findings as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]
@@ -203,7 +255,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct ManArgs {
     /// The subcommand whose page to print [default: the top-level page].
-    #[arg(value_name = "COMMAND", value_parser = ["run", "gc", "job", "completions", "man"])]
+    #[arg(value_name = "COMMAND", value_parser = ["run", "doctor", "gc", "job", "completions", "man"])]
     pub command: Option<String>,
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cgroup::KillRequest;
+use crate::job::containment::ContainmentRequest;
 use crate::job::policy::{Ladder, LeftoverPolicy};
 use crate::process::spawn::SpawnMethod;
 
@@ -110,6 +111,10 @@ pub struct RunConfig {
     /// Parent of the job cgroup: absolute, or relative to the cgroup2 root.
     pub parent: Option<PathBuf>,
     pub name: Option<JobName>,
+    /// How to contain the job (`auto`: the strongest the host allows).
+    pub containment: ContainmentRequest,
+    /// A job without a cgroup of its own is an error, not a fallback.
+    pub require_cgroup: bool,
     pub forward_to: ForwardTo,
     pub ladder: Ladder,
     pub kill: KillRequest,
@@ -127,6 +132,8 @@ impl RunConfig {
             cgroup_root: None,
             parent: None,
             name: None,
+            containment: ContainmentRequest::Auto,
+            require_cgroup: false,
             forward_to: ForwardTo::Main,
             ladder: Ladder {
                 grace: defaults::GRACE,

@@ -118,6 +118,23 @@ pub fn at(path: &Path) -> Result<Cgroup2Mount, MountError> {
     })
 }
 
+/// The directory of the mount `m` for a cgroup path as `/proc/PID/cgroup` names it (both are
+/// relative to the reader's cgroup namespace). `None` when the mount does not show that
+/// cgroup (a bind-mounted subtree elsewhere in the hierarchy).
+pub fn dir_of(m: &Cgroup2Mount, cgroup_path: &Path) -> Option<PathBuf> {
+    let rel = cgroup_path.strip_prefix(&m.root).ok()?;
+    Some(if rel.as_os_str().is_empty() {
+        m.mount_point.clone()
+    } else {
+        m.mount_point.join(rel)
+    })
+}
+
+/// The directory of the cgroup this process runs in, on the mount `m`.
+pub fn own_dir(m: &Cgroup2Mount) -> Option<PathBuf> {
+    dir_of(m, &crate::process::procinfo::own_cgroup2_path()?)
+}
+
 /// Whether `path` is on a cgroup2 filesystem (statfs magic).
 pub fn is_cgroup2(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
@@ -185,6 +202,42 @@ mod tests {
             choose(&parse_mountinfo(&text2)).unwrap().mount_point,
             Path::new("/sys/fs/cgroup")
         );
+    }
+
+    #[test]
+    fn cgroup_paths_map_to_mount_directories() {
+        let m = |mp: &str, root: &str| Cgroup2Mount {
+            mount_point: mp.into(),
+            root: root.into(),
+            read_only: false,
+        };
+        let cases: &[(Cgroup2Mount, &str, Option<&str>)] = &[
+            (
+                m("/sys/fs/cgroup", "/"),
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope",
+                Some(
+                    "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope",
+                ),
+            ),
+            (
+                m("/sys/fs/cgroup/unified", "/"),
+                "/",
+                Some("/sys/fs/cgroup/unified"),
+            ),
+            (
+                m("/mnt/cg", "/docker/abc"),
+                "/docker/abc/sub",
+                Some("/mnt/cg/sub"),
+            ),
+            (m("/mnt/cg", "/docker/abc"), "/elsewhere", None),
+        ];
+        for (mount, path, want) in cases {
+            assert_eq!(
+                dir_of(mount, Path::new(path)),
+                want.map(PathBuf::from),
+                "{mount:?} {path}"
+            );
+        }
     }
 
     #[test]

@@ -163,6 +163,38 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Check that this process may make cgroups here and start or move processes into them:
+    /// write access to the directory and to its `cgroup.procs` (the v2 migration rule asks
+    /// for the latter on the common ancestor of source and target). Checked with the
+    /// effective ids, as the kernel will; EROFS for a read-only mount. Nothing is changed.
+    pub fn check_writable(&self) -> Result<(), CgroupFsError> {
+        for p in [self.path.clone(), self.file("cgroup.procs")] {
+            access_w(&p).map_err(|e| CgroupFsError::new("write to", &p, e))?;
+        }
+        Ok(())
+    }
+
+    /// The controllers enabled for the children (`cgroup.subtree_control`).
+    pub fn subtree_control(&self) -> Result<Vec<String>, CgroupFsError> {
+        Ok(words(&self.read("cgroup.subtree_control")?))
+    }
+
+    /// The controllers available here (`cgroup.controllers`).
+    pub fn controllers(&self) -> Result<Vec<String>, CgroupFsError> {
+        Ok(words(&self.read("cgroup.controllers")?))
+    }
+
+    /// Move a process (0: the caller) into this cgroup.
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupFsError> {
+        self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// The owner of the directory (a delegated cgroup belongs to its delegatee).
+    pub fn owner(&self) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).ok().map(|m| m.uid())
+    }
+
     /// `cpu.stat` as key/value pairs (present on every cgroup2 cgroup since 4.5, even without
     /// the cpu controller: `usage_usec`, `user_usec`, `system_usec`).
     pub fn cpu_stat(&self) -> Result<Vec<(String, u64)>, CgroupFsError> {
@@ -172,6 +204,23 @@ impl Cgroup {
             .map(|(k, v)| (k.to_owned(), v))
             .collect())
     }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+/// `faccessat(W_OK, AT_EACCESS)`: may the effective user write `path`?
+fn access_w(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid C string; no pointers kept.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn rmdir_retry(path: &Path) -> Result<(), CgroupFsError> {
@@ -245,6 +294,23 @@ mod tests {
         drop(held);
         assert_eq!(cg.is_locked(), Some(false));
         assert_eq!(Cgroup::at(d.path().join("gone")).is_locked(), None);
+    }
+
+    #[test]
+    fn controllers_writability_and_owner_on_a_fake_cgroupfs() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = Cgroup::create_new(d.path(), "own").unwrap();
+        std::fs::write(cg.file("cgroup.subtree_control"), "pids cpuset\n").unwrap();
+        std::fs::write(cg.file("cgroup.controllers"), "").unwrap();
+        assert_eq!(cg.subtree_control().unwrap(), vec!["pids", "cpuset"]);
+        assert!(cg.controllers().unwrap().is_empty());
+        // No cgroup.procs: not a cgroup one could start processes in.
+        let e = cg.check_writable().unwrap_err();
+        assert!(e.is_gone(), "{e}");
+        std::fs::write(cg.file("cgroup.procs"), "").unwrap();
+        cg.check_writable().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(cg.owner(), Some(unsafe { libc::geteuid() }));
     }
 
     #[test]

@@ -6,8 +6,11 @@ use crate::job::place;
 use crate::job::policy::exit;
 
 pub fn gc(args: GcArgs) -> i32 {
+    // Where `cgjob run` puts job cgroups: for a user other than root without --parent, the
+    // delegated cgroup cgjob runs in.
     let res = place::hierarchy(args.place.cgroup_root.as_deref())
-        .and_then(|h| place::parent_dir(&h, args.place.parent.as_deref()));
+        .and_then(|h| place::job_parent(&h, args.place.parent.as_deref()))
+        .map(|p| p.dir);
     let parent = match res {
         Ok(p) => p,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! status back.
 
 pub mod completions;
+pub mod doctor;
 pub mod gc;
 pub mod job;
 pub mod man;
@@ -16,6 +17,7 @@ use crate::job::policy::exit;
 pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run::run(args, cli.verbose > 0),
+        Command::Doctor(args) => doctor::doctor(args),
         Command::Gc(args) => gc::gc(args),
         Command::Job(cmd) => job::job(cmd),
         Command::Completions(args) => completions::completions(args),

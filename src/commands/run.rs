@@ -4,8 +4,9 @@ use std::fs::File;
 use std::time::Duration;
 
 use crate::cgroup::KillRequest;
-use crate::cli::{KillMethodArg, LeftoversArg, RunArgs, SpawnArg};
+use crate::cli::{ContainmentArg, KillMethodArg, LeftoversArg, RunArgs, SpawnArg};
 use crate::config::RunConfig;
+use crate::job::containment::{self, Containment, ContainmentRequest};
 use crate::job::policy::{exit, LeftoverPolicy};
 use crate::job::supervise;
 use crate::process::spawn::SpawnMethod;
@@ -18,6 +19,13 @@ pub fn config(a: RunArgs, verbose: bool) -> RunConfig {
     c.parent = a.place.parent;
     c.name = a.name;
     c.forward_to = a.forward_to;
+    c.containment = match a.containment {
+        ContainmentArg::Auto => ContainmentRequest::Auto,
+        ContainmentArg::CgroupV2 => ContainmentRequest::CgroupV2,
+        ContainmentArg::PidNamespace => ContainmentRequest::PidNamespace,
+        ContainmentArg::Subreaper => ContainmentRequest::Subreaper,
+    };
+    c.require_cgroup = a.require_cgroup;
     c.ladder.grace = a.grace;
     c.ladder.leftovers = match a.leftovers {
         LeftoversArg::Term => LeftoverPolicy::Term,
@@ -43,8 +51,30 @@ pub fn config(a: RunArgs, verbose: bool) -> RunConfig {
     c
 }
 
+/// Settings that contradict each other: a usage error.
+fn contradiction(c: &RunConfig) -> Option<String> {
+    let no_cgroup = matches!(
+        c.containment,
+        ContainmentRequest::PidNamespace | ContainmentRequest::Subreaper
+    );
+    if no_cgroup && c.require_cgroup {
+        return Some(
+            "--require-cgroup cannot be combined with --containment pid-namespace or subreaper"
+                .into(),
+        );
+    }
+    if no_cgroup && (c.parent.is_some() || c.cgroup_root.is_some()) {
+        return Some("--parent and --cgroup-root place a job cgroup; --containment pid-namespace and subreaper make none".into());
+    }
+    None
+}
+
 pub fn run(args: RunArgs, verbose: bool) -> i32 {
     let cfg = config(args, verbose);
+    if let Some(msg) = contradiction(&cfg) {
+        eprintln!("cgjob: {msg} (see --help)");
+        return exit::USAGE;
+    }
     // Open the report file before anything starts: a path that cannot be written is bad input,
     // found before the job runs rather than after.
     let report_file = match &cfg.report {
@@ -57,7 +87,24 @@ pub fn run(args: RunArgs, verbose: bool) -> i32 {
         },
         None => None,
     };
-    match supervise::run(&cfg) {
+    let prep = match containment::prepare(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            super::print_error(&e);
+            if let Some(p) = &cfg.report {
+                let _ = std::fs::remove_file(p);
+            }
+            return exit::FAILURE;
+        }
+    };
+    // Falling back to the process tree is said loudly, whatever the log level; a PID
+    // namespace is the usual state of a container's entrypoint, and the record says it.
+    match (&prep.degraded, prep.containment) {
+        (Some(why), Containment::Subreaper) => eprintln!("{}", report::degraded_line(why)),
+        (Some(why), c) => tracing::info!(containment = %c, reason = %why, "no cgroup for the job"),
+        (None, _) => {}
+    }
+    match supervise::run(&cfg, &prep) {
         Ok(rec) => {
             report::summary(&rec, cfg.verbose);
             if cfg.json {

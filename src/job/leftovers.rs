@@ -1,6 +1,9 @@
 //! POLICY: the processes of a job that outlived its main process — found in the job cgroup, or
 //! among cgjob's descendants that left it — recorded with what /proc says of them, and followed
 //! through pidfds until they are gone. The Grid Engine "rogue process" report, as data.
+//!
+//! Without a cgroup the job is what the containment mode makes it (a [`Scope`]): cgjob's
+//! descendants (subreaper), or every process of cgjob's PID namespace (cgjob is its PID 1).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd};
@@ -117,6 +120,34 @@ impl Leftover {
     }
 }
 
+/// Which processes make up a job.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Everything in the job cgroup's subtree, and every descendant of cgjob that left it.
+    Cgroup(&'a Cgroup),
+    /// Every descendant of cgjob (subreaper containment: no cgroup).
+    Descendants,
+    /// Every process of cgjob's PID namespace but cgjob, its PID 1.
+    Namespace,
+}
+
+impl Scope<'_> {
+    /// The pids of the job's processes now, seen from cgjob (`supervisor`), excluded ones
+    /// included; for the scopes without a cgroup, which need a /proc of cgjob's own PID
+    /// namespace (checked when the containment was chosen).
+    pub fn tree_members(&self, supervisor: i32) -> Vec<i32> {
+        match self {
+            Scope::Cgroup(_) => Vec::new(),
+            Scope::Namespace => procinfo::all_pids()
+                .into_iter()
+                .filter(|p| *p != supervisor)
+                .collect(),
+            Scope::Descendants => procinfo::descendants(supervisor)
+                .unwrap_or_else(|| procinfo::descendants_in(supervisor, &procinfo::all_stats())),
+        }
+    }
+}
+
 /// A process found by [`Tracker::snapshot`], not yet described.
 #[derive(Debug)]
 pub struct Found {
@@ -206,6 +237,21 @@ impl Tracker {
     /// [`Tracker::snapshot`]; `walk: false` looks in the cgroup only (a second look for
     /// forks that were under way during the first).
     pub fn snapshot_with(&mut self, cg: &Cgroup, walk: bool) -> Result<Vec<Found>, CgroupFsError> {
+        self.snapshot_in(&Scope::Cgroup(cg), walk)
+    }
+
+    /// [`Tracker::snapshot_with`] for any scope. Without a cgroup, the tree is walked every
+    /// time (it is the only way to find the job's processes) and `walk` is ignored; what is
+    /// found is reported with `in_cgroup: false` and killed through pidfds.
+    pub fn snapshot_in(
+        &mut self,
+        scope: &Scope<'_>,
+        walk: bool,
+    ) -> Result<Vec<Found>, CgroupFsError> {
+        let cg = match scope {
+            Scope::Cgroup(cg) => *cg,
+            Scope::Descendants | Scope::Namespace => return Ok(self.snapshot_tree(scope)),
+        };
         let in_cg: HashSet<i32> = match cg.procs_recursive() {
             Ok(p) => p.into_iter().collect(),
             Err(e) if e.is_gone() => HashSet::new(),
@@ -263,6 +309,27 @@ impl Tracker {
                 })
             })
             .collect())
+    }
+
+    fn snapshot_tree(&mut self, scope: &Scope<'_>) -> Vec<Found> {
+        let Some(sup) = self.supervisor else {
+            return Vec::new();
+        };
+        scope
+            .tree_members(sup)
+            .into_iter()
+            .filter(|p| !self.exclude.contains(p) && !self.known(*p))
+            .filter_map(|pid| {
+                let pidfd = PidFd::open(pid).ok().flatten()?;
+                Some(Found {
+                    pid,
+                    proc_pid: Some(pid),
+                    stat: None,
+                    pidfd: Some(pidfd),
+                    in_cgroup: false,
+                })
+            })
+            .collect()
     }
 
     /// Processes outside the cgroup that belong to the job all the same (found by their
@@ -338,8 +405,21 @@ impl Tracker {
 
     /// [`Tracker::snapshot`] then [`Tracker::describe`], signalling nothing.
     pub fn scan(&mut self, cg: &Cgroup) -> Result<usize, CgroupFsError> {
-        let found = self.snapshot(cg)?;
+        self.scan_in(&Scope::Cgroup(cg))
+    }
+
+    /// [`Tracker::scan`] for any scope.
+    pub fn scan_in(&mut self, scope: &Scope<'_>) -> Result<usize, CgroupFsError> {
+        let found = self.snapshot_in(scope, true)?;
         Ok(self.describe(found, None))
+    }
+
+    /// Whether a recorded leftover (not given up on as unkillable) may still be alive. Stops
+    /// at the first: called on every wake-up while a job without a cgroup ends.
+    pub fn any_alive(&self) -> bool {
+        self.leftovers
+            .iter()
+            .any(|l| l.ended_by != Some(EndedBy::Unkillable) && !l.is_gone())
     }
 
     /// Leftovers not gone yet, whatever was done to them.

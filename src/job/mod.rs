@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cleanup;
+pub mod containment;
 pub mod gc;
 pub mod guardian;
 pub mod leftovers;

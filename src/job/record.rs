@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::containment::Containment;
 use super::leftovers::Leftover;
 use super::policy::{LeftoverPolicy, MainExit, TimeoutPhase};
 use crate::cgroup::KillMethod;
@@ -15,7 +16,10 @@ pub struct JobRecord {
     /// Version of this record's shape.
     pub version: u32,
     pub name: String,
-    pub cgroup: PathBuf,
+    /// How the job was contained: `cgroup-v2`, `pid-namespace` or `subreaper`.
+    pub containment: Containment,
+    /// The job cgroup (`None` without one).
+    pub cgroup: Option<PathBuf>,
     pub command: Vec<String>,
     pub supervisor_pid: i32,
     pub main_pid: Option<i32>,
@@ -31,7 +35,9 @@ pub struct JobRecord {
     pub timeout: TimeoutRecord,
     pub leftover_policy: LeftoverPolicy,
     pub leftovers: Vec<Leftover>,
-    pub kill_method: KillMethod,
+    /// How the cgroup was killed; `None` without a cgroup (each process is SIGKILLed through
+    /// a pidfd, in rounds until none is left).
+    pub kill_method: Option<KillMethod>,
     /// Kill passes made (0 when nothing had to be killed).
     pub kill_passes: u32,
     /// From the main process's exit to nothing of the job left.
@@ -39,7 +45,8 @@ pub struct JobRecord {
     pub cpu: Option<CpuUsage>,
     /// Processes survived every kill; the cgroup was left in place.
     pub unkillable: bool,
-    pub cgroup_removed: bool,
+    /// `None` without a cgroup.
+    pub cgroup_removed: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +64,25 @@ pub struct CpuUsage {
 }
 
 impl CpuUsage {
+    /// Without a cgroup: what the kernel added up for cgjob's reaped descendants
+    /// (`RUSAGE_CHILDREN`, which counts each process once it is waited for, by cgjob or by a
+    /// parent that was waited for in turn).
+    pub fn of_children() -> Option<Self> {
+        // SAFETY: getrusage fills the struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+            return None;
+        }
+        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        let (user, system) = (us(ru.ru_utime), us(ru.ru_stime));
+        Some(CpuUsage {
+            usage_usec: user + system,
+            user_usec: user,
+            system_usec: system,
+        })
+    }
+
     pub fn from_stat(stat: &[(String, u64)]) -> Self {
         let get = |k: &str| {
             stat.iter()

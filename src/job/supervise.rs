@@ -2,6 +2,13 @@
 //! epoll over the signalfd, the main process's pidfd, the cgroup's `cgroup.events` and the
 //! pidfds of leftovers being waited for, with the timeout taken from the escalation ladder's
 //! next deadline. No sleep loops.
+//!
+//! Without a cgroup (`pid-namespace`, `subreaper`) the same loop runs over a [`Scope`] found
+//! through /proc: the job is over when no recorded process is alive and a fresh look finds
+//! no other (every exit of a recorded process wakes the loop through its pidfd, and a
+//! process's children are handed on before its pidfd says it exited). There is no freezer
+//! to stop forks: a kill pass SIGKILLs everything found, looks again, and repeats until a
+//! look finds nothing new.
 
 use std::collections::HashSet;
 use std::io;
@@ -14,8 +21,9 @@ use nix::sys::signal::SigmaskHow;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::WaitStatus;
 
+use super::containment::{Containment, ContainmentError, Prepared};
 use super::guardian::Guardian;
-use super::leftovers::Tracker;
+use super::leftovers::{Scope, Tracker};
 use super::meta::{self, JobMeta};
 use super::place::{self, PlaceError};
 use super::policy::{self, Action, Escalation, Event, MainExit, Phase};
@@ -31,6 +39,8 @@ use crate::process::{reap, signals, PidFd};
 pub enum RunError {
     #[error(transparent)]
     Place(#[from] PlaceError),
+    #[error(transparent)]
+    Containment(#[from] ContainmentError),
     #[error(transparent)]
     Kill(#[from] KillError),
     #[error(transparent)]
@@ -85,22 +95,33 @@ const TAG_LEFTOVER: u64 = 3;
 /// Bound on waiting for `frozen 1` before reading a complete process list.
 const FREEZE_WAIT: Duration = Duration::from_millis(500);
 
-/// Run one job to its end.
-pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
+/// Without a cgroup, look-and-kill rounds in one kill pass: a round that finds nothing new
+/// ends it; a process still forking faster than that is met again at the next pass.
+const TREE_KILL_ROUNDS: usize = 64;
+
+/// The job cgroup's handles, in `cgroup-v2` containment.
+struct CgroupCtl<'a> {
+    cg: &'a Cgroup,
+    events: &'a EventsFile,
+    method: KillMethod,
+}
+
+/// Run one job to its end, in the containment `prep` set up.
+pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
     let started_wall = SystemTime::now();
     let started = Instant::now();
-    let hier = place::hierarchy(cfg.cgroup_root.as_deref())?;
-    let parent = place::parent_dir(&hier, cfg.parent.as_deref())?;
-    let (cg, name) = place::create(&parent, cfg.name.as_ref())?;
+    let name = &prep.name;
     let span = tracing::info_span!("job", job = %name);
     let _enter = span.enter();
-    let mut cleanup = RemoveOnError(Some(cg.clone()));
+    let job_cg = prep.cgroup.as_ref();
+    let cg = job_cg.map(|j| &j.cg);
+    let mut cleanup = RemoveOnError(cg.cloned());
 
     // Held for the life of the job (closed in the command at exec, in the guardian at once):
     // `gc` knows a live job by it.
-    let _alive = cg.hold_lock()?;
-    let method = kill::resolve(&cg, cfg.kill)?;
-    let events = EventsFile::open(cg.path())?;
+    let _alive = cg.map(|c| c.hold_lock()).transpose()?;
+    let method = cg.map(|c| kill::resolve(c, cfg.kill)).transpose()?;
+    let events = cg.map(|c| EventsFile::open(c.path())).transpose()?;
 
     let set = signals::supervisor_set();
     let old_mask = set
@@ -111,19 +132,31 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
     reap::become_subreaper().map_err(RunError::setup("become a child subreaper"))?;
     let nofile = raise_nofile();
     // The guardian exists before the job does: there is no moment at which killing cgjob
-    // would leave the job running unsupervised.
-    let guardian = Guardian::start(&cg, method).map_err(|source| RunError::Setup {
-        what: "start the guardian process",
-        source,
-    })?;
+    // would leave the job running unsupervised. It acts on the cgroup; without one, in a
+    // PID namespace the kernel kills every process of it when its PID 1 dies, and as a
+    // subreaper the main process gets SIGKILL (its descendants are out of reach then: the
+    // documented weakness of that mode).
+    let guardian = match (cg, method) {
+        (Some(c), Some(m)) => Some(Guardian::start(c, m).map_err(|source| RunError::Setup {
+            what: "start the guardian process",
+            source,
+        })?),
+        _ => None,
+    };
+    let release = |g: Option<Guardian>| {
+        if let Some(g) = g {
+            g.release();
+        }
+    };
     // Job control: the command gets its own process group, in the terminal's foreground if
     // cgjob is there now.
     let tty = Terminal::of_session();
 
     let spec = SpawnSpec {
         argv: &cfg.command,
-        cgroup: &cg,
+        cgroup: cg,
         method: cfg.spawn,
+        parent_death_signal: (prep.containment == Containment::Subreaper).then_some(libc::SIGKILL),
         foreground_tty: tty.filter(|t| t.ours_in_front()).map(|t| t.fd()),
         sigmask: old_mask,
         nofile,
@@ -131,14 +164,16 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
     let launch = match spawn::spawn(&spec) {
         Ok(s) => s,
         Err(e) => {
-            guardian.release();
+            release(guardian);
             return Err(e.into());
         }
     };
 
     // While the kernel loads the command on another CPU, finish what need not come first.
-    if let Err(e) = meta::write(&cg, &JobMeta::for_self("run")) {
-        tracing::warn!(error = %e, "cannot record the job's owner on its cgroup; `cgjob gc` will not recognise it");
+    if let Some(c) = cg {
+        if let Err(e) = meta::write(c, &JobMeta::for_self("run")) {
+            tracing::warn!(error = %e, "cannot record the job's owner on its cgroup; `cgjob gc` will not recognise it");
+        }
     }
     let setup = || -> Result<Epoll, RunError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
@@ -150,28 +185,40 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         };
         add(sfd.as_fd(), EpollFlags::EPOLLIN, TAG_SIGNAL)?;
         add(launch.pidfd().as_fd(), EpollFlags::EPOLLIN, TAG_MAIN)?;
-        add(events.fd(), EpollFlags::EPOLLPRI, TAG_EVENTS)?;
+        if let Some(ev) = &events {
+            add(ev.fd(), EpollFlags::EPOLLPRI, TAG_EVENTS)?;
+        }
         Ok(epoll)
     };
     let epoll = setup();
     let child = match launch.wait_exec() {
         Ok(c) => c,
         Err(e) => {
-            guardian.release();
+            release(guardian);
             return Err(e.into());
         }
     };
     let epoll = epoll?;
-    tracing::info!(pid = child.pid, cgroup = %cg.path().display(), method = %child.method, "started");
+    tracing::info!(pid = child.pid, containment = %prep.containment, cgroup = cg.map(|c| c.path().display().to_string()), method = %child.method, "started");
     // From here on the job runs: its cgroup is removed by the end-of-job sweep, not on error.
     cleanup.0 = None;
 
     let self_pid = std::process::id() as i32;
+    let guardian_pid = guardian.as_ref().map(|g| g.pid());
+    let scope = match (job_cg, prep.containment) {
+        (Some(j), _) => Scope::Cgroup(&j.cg),
+        (None, Containment::PidNamespace) => Scope::Namespace,
+        (None, _) => Scope::Descendants,
+    };
+    let mut exclude = vec![self_pid, child.pid];
+    exclude.extend(guardian_pid);
     let mut sup = Supervisor {
         cfg,
-        cg: &cg,
-        events: &events,
-        method,
+        cgroup: match (cg, &events, method) {
+            (Some(cg), Some(events), Some(method)) => Some(CgroupCtl { cg, events, method }),
+            _ => None,
+        },
+        scope,
         epoll: &epoll,
         main: Some(child.pidfd),
         main_pid: child.pid,
@@ -181,13 +228,16 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         esc: Escalation::new(cfg.ladder.clone(), started),
         tracker: Tracker::new(
             self_pid,
-            &[self_pid, guardian.pid(), child.pid],
-            place::proc_view(&hier, &cg),
+            &exclude,
+            job_cg
+                .map(|j| place::proc_view(&j.hier, &j.cg))
+                .unwrap_or_default(),
         ),
         watched: HashSet::new(),
+        tree_watched: 0,
         kill_passes: 0,
         tty,
-        guardian_pid: guardian.pid(),
+        guardian_pid,
     };
     let res = sup.supervise(&sfd);
 
@@ -195,23 +245,26 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
     let unkillable = matches!(sup.esc.phase(), Phase::Done { unkillable: true });
     sup.tracker.mark_at_end();
     reap::reap_ready();
-    let cpu = cg.cpu_stat().ok().map(|s| CpuUsage::from_stat(&s));
-    let removed = if unkillable {
-        false
-    } else {
-        match cg.remove() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot remove the job cgroup");
-                false
-            }
+    let (cpu, removed) = match cg {
+        Some(c) => {
+            let cpu = c.cpu_stat().ok().map(|s| CpuUsage::from_stat(&s));
+            let removed = !unkillable
+                && match c.remove() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot remove the job cgroup");
+                        false
+                    }
+                };
+            (cpu, Some(removed))
         }
+        None => (CpuUsage::of_children(), None),
     };
     if let Some(t) = tty {
         t.take_back_from(sup.main_pid);
     }
     // Dismissed now, the guardian exits while the record is built; it is reaped last.
-    let guardian = guardian.dismiss();
+    let guardian = guardian.map(Guardian::dismiss);
     res?;
     let timeout_phase = sup.esc.timeout_phase();
     let exit_status = policy::exit_status(sup.main_exit, timeout_phase, unkillable);
@@ -219,7 +272,8 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
     let record = JobRecord {
         version: 1,
         name: name.to_string(),
-        cgroup: cg.path().to_owned(),
+        containment: prep.containment,
+        cgroup: cg.map(|c| c.path().to_owned()),
         command: cfg
             .command
             .iter()
@@ -249,15 +303,18 @@ pub fn run(cfg: &RunConfig) -> Result<JobRecord, RunError> {
         unkillable,
         cgroup_removed: removed,
     };
-    guardian.reap();
+    if let Some(g) = guardian {
+        g.reap();
+    }
     Ok(record)
 }
 
 struct Supervisor<'a> {
     cfg: &'a RunConfig,
-    cg: &'a Cgroup,
-    events: &'a EventsFile,
-    method: KillMethod,
+    /// `None` without a cgroup.
+    cgroup: Option<CgroupCtl<'a>>,
+    /// Which processes are the job's.
+    scope: Scope<'a>,
     epoll: &'a Epoll,
     main: Option<PidFd>,
     main_pid: i32,
@@ -268,9 +325,11 @@ struct Supervisor<'a> {
     tracker: Tracker,
     /// Leftover pids whose pidfds are in the epoll set.
     watched: HashSet<i32>,
+    /// Without a cgroup: how many of the tracker's records have their pidfd in the epoll set.
+    tree_watched: usize,
     kill_passes: u32,
     tty: Option<Terminal>,
-    guardian_pid: i32,
+    guardian_pid: Option<i32>,
 }
 
 impl Supervisor<'_> {
@@ -296,13 +355,17 @@ impl Supervisor<'_> {
                     })
                 }
             };
-            if evbuf[..n].iter().any(|e| e.data() == TAG_EVENTS) {
+            if let Some(c) = self
+                .cgroup
+                .as_ref()
+                .filter(|_| evbuf[..n].iter().any(|e| e.data() == TAG_EVENTS))
+            {
                 // Reading re-arms the notification (kernfs reports EPOLLPRI until the file is
                 // read again); emptiness itself is judged below, from a fresh read.
-                match self.events.read() {
+                match c.events.read() {
                     Ok(_) => {}
                     Err(e) if e.is_gone() => {
-                        let _ = self.epoll.delete(self.events.fd());
+                        let _ = self.epoll.delete(c.events.fd());
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -386,10 +449,10 @@ impl Supervisor<'_> {
                     }
                 }
                 WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)
-                    if pid.as_raw() == self.guardian_pid =>
+                    if Some(pid.as_raw()) == self.guardian_pid =>
                 {
                     tracing::warn!(
-                        pid = self.guardian_pid,
+                        pid = pid.as_raw(),
                         "the guardian process died; the job is unguarded should cgjob be killed"
                     );
                 }
@@ -438,7 +501,11 @@ impl Supervisor<'_> {
     /// left it is alive, and every recorded leftover has finished exiting (so that its
     /// children have been handed to us and can be reaped).
     fn is_empty(&mut self) -> Result<bool, RunError> {
-        let populated = match self.events.read() {
+        let Some(c) = &self.cgroup else {
+            return self.tree_is_empty();
+        };
+        let (cg, events) = (c.cg, c.events);
+        let populated = match events.read() {
             Ok(e) => e.populated,
             Err(e) if e.is_gone() => false,
             Err(e) => return Err(e.into()),
@@ -451,7 +518,7 @@ impl Supervisor<'_> {
         // Reap first: a zombie child would look like a descendant to examine.
         reap::reap_ready();
         if self.tracker.has_other_descendants()
-            && self.tracker.scan(self.cg)? > 0
+            && self.tracker.scan(cg)? > 0
             && matches!(self.esc.phase(), Phase::Killing { .. })
         {
             self.tracker.mark_at_kill();
@@ -477,6 +544,49 @@ impl Supervisor<'_> {
             }
         }
         Ok(false)
+    }
+
+    /// [`Supervisor::is_empty`] without a cgroup: the main process is gone, no recorded
+    /// process is alive, and a fresh look at the scope finds no other. The look is taken only
+    /// once every recorded process is gone — while one lives the job is not over anyway, and
+    /// the exit of the last wakes the loop (a process's pidfd reports its exit after its
+    /// children were handed on, so none is missed) — which keeps a large job's end from
+    /// walking the tree at every exit.
+    fn tree_is_empty(&mut self) -> Result<bool, RunError> {
+        if self.main.is_some() {
+            return Ok(false);
+        }
+        reap::reap_ready();
+        if self.watch_alive() {
+            return Ok(false);
+        }
+        let found = self.tracker.scan_in(&self.scope)?;
+        if found > 0 && matches!(self.esc.phase(), Phase::Killing { .. }) {
+            // Forked while being killed: killed in turn.
+            self.tracker.mark_at_kill();
+            self.tracker.kill_escaped();
+        }
+        Ok(!self.watch_alive())
+    }
+
+    /// Watch the pidfd of every recorded leftover not watched yet (records are only ever
+    /// appended, so an index marks them; a pid can be recorded twice, reused); whether any may
+    /// be alive.
+    fn watch_alive(&mut self) -> bool {
+        let from = self.tree_watched;
+        self.tree_watched = self.tracker.leftovers.len();
+        for l in &self.tracker.leftovers[from..] {
+            let Some(p) = l.pidfd() else { continue };
+            if !l.is_gone() {
+                // SAFETY: the fd is owned by the tracker, which outlives the epoll set's use.
+                let bfd = unsafe { BorrowedFd::borrow_raw(p.as_fd().as_raw_fd()) };
+                let _ = self.epoll.add(
+                    bfd,
+                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, TAG_LEFTOVER),
+                );
+            }
+        }
+        self.tracker.any_alive()
     }
 
     /// Carry out actions; true when supervision is over.
@@ -506,14 +616,22 @@ impl Supervisor<'_> {
     }
 
     fn forward(&mut self, sig: i32) -> Result<(), RunError> {
-        match (&self.main, self.cfg.forward_to) {
-            (Some(m), ForwardTo::Main) => {
+        match (&self.main, self.cfg.forward_to, &self.cgroup) {
+            (Some(m), ForwardTo::Main, _) => {
                 if let Err(e) = m.send(sig) {
                     tracing::warn!(signal = %signals::name(sig), error = %e, "cannot forward signal");
                 }
             }
-            _ => {
-                kill::signal_each(self.cg, sig)?;
+            (_, _, Some(c)) => {
+                kill::signal_each(c.cg, sig)?;
+            }
+            (_, _, None) => {
+                let me = std::process::id() as i32;
+                for pid in self.scope.tree_members(me) {
+                    if Some(pid) != self.guardian_pid {
+                        let _ = crate::process::pidfd::signal_pid(pid, sig);
+                    }
+                }
             }
         }
         Ok(())
@@ -533,7 +651,7 @@ impl Supervisor<'_> {
         const ROUNDS: usize = 3;
         let mut total = 0;
         for round in 0..ROUNDS {
-            let found = self.tracker.snapshot_with(self.cg, round == 0)?;
+            let found = self.tracker.snapshot_in(&self.scope, round == 0)?;
             if found.is_empty() {
                 break;
             }
@@ -557,21 +675,20 @@ impl Supervisor<'_> {
 
     fn kill_pass(&mut self) -> Result<(), RunError> {
         self.kill_passes += 1;
-        let populated = self.events.read().map(|e| e.populated).unwrap_or(false);
-        let freezable = populated && self.cg.has_file("cgroup.freeze");
+        let Some(c) = &self.cgroup else {
+            return self.tree_kill_pass();
+        };
+        let (cg, events, method) = (c.cg, c.events, c.method);
+        let populated = events.read().map(|e| e.populated).unwrap_or(false);
+        let freezable = populated && cg.has_file("cgroup.freeze");
         if freezable {
-            kill::freeze(self.cg, self.events, Instant::now() + FREEZE_WAIT)?;
+            kill::freeze(cg, events, Instant::now() + FREEZE_WAIT)?;
         }
-        let scanned = self.tracker.scan(self.cg);
+        let scanned = self.tracker.scan(cg);
         self.tracker.mark_at_kill();
-        let res = kill::kill_pass(
-            self.cg,
-            self.events,
-            self.method,
-            Instant::now() + FREEZE_WAIT,
-        );
+        let res = kill::kill_pass(cg, events, method, Instant::now() + FREEZE_WAIT);
         if freezable {
-            kill::thaw(self.cg)?;
+            kill::thaw(cg)?;
         }
         self.tracker.kill_escaped();
         if let Some(m) = &self.main {
@@ -580,7 +697,33 @@ impl Supervisor<'_> {
         }
         scanned?;
         res?;
-        tracing::info!(pass = self.kill_passes, method = %self.method, "kill pass");
+        tracing::info!(pass = self.kill_passes, method = %method, "kill pass");
+        Ok(())
+    }
+
+    /// A kill pass without a cgroup, hence without a freezer: the main process first (so
+    /// that it starts nothing more), then rounds of "find what is new, record it, SIGKILL
+    /// everything recorded and alive" until a round finds nothing new. A SIGKILL makes the
+    /// kernel fail any fork the process has not finished, so each round leaves only the
+    /// children of forks that were already completing; the next round finds those.
+    fn tree_kill_pass(&mut self) -> Result<(), RunError> {
+        if let Some(m) = &self.main {
+            let _ = m.send(libc::SIGKILL);
+        }
+        let mut rounds = 0;
+        for _ in 0..TREE_KILL_ROUNDS {
+            rounds += 1;
+            // Through `reap`, which keeps the main process's status should it be among them
+            // (a Killing phase ignores the event itself).
+            self.reap(Instant::now())?;
+            let found = self.tracker.scan_in(&self.scope)?;
+            self.tracker.mark_at_kill();
+            self.tracker.kill_escaped();
+            if found == 0 {
+                break;
+            }
+        }
+        tracing::info!(pass = self.kill_passes, rounds, scope = ?self.scope, "kill pass");
         Ok(())
     }
 }

@@ -184,6 +184,59 @@ pub fn children(pid: i32) -> Option<Vec<i32>> {
     Some(out)
 }
 
+/// Every descendant of `root` (children, grandchildren, …), found through the `children`
+/// files of `root` and of each descendant in turn: it reads the tree's own entries only, not
+/// every process on the system, so a round is quick enough to keep up with a process that
+/// forks a copy of itself and exits. The kernel builds each file from a live list (proc(5):
+/// only reliable for a stopped tree), so a child being forked or reparented meanwhile can be
+/// missed: callers look again. `None` where the kernel has no `children` files.
+pub fn descendants(root: i32) -> Option<Vec<i32>> {
+    if !children_file_supported() {
+        return None;
+    }
+    let mut out = Vec::new();
+    // A pid met twice (reused while we walk) must not loop.
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for c in children(p)? {
+            if c != root && seen.insert(c) {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Every process /proc shows (thread-group leaders), by pid.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// The inode number of the initial PID namespace (`PROC_PID_INIT_INO`, fixed since 3.8).
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether this process lives in the host's initial PID namespace, where PID 1 is the
+/// machine's own init. `None` when it cannot be told (no /proc).
+pub fn in_initial_pid_namespace() -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self names this process even in a /proc of an ancestor namespace.
+    let m = std::fs::metadata("/proc/self/ns/pid").ok()?;
+    Some(m.ino() == PROC_PID_INIT_INO)
+}
+
+/// This process's cgroup2 path (from `/proc/self/cgroup`), relative to its cgroup
+/// namespace's root.
+pub fn own_cgroup2_path() -> Option<PathBuf> {
+    parse_cgroup2_path(&read_pseudo_string("/proc/self/cgroup").ok()?)
+}
+
 /// `stat` of every process on the system: one pass over /proc that gives both the parent
 /// links (to walk a process tree) and what a report needs about each process.
 pub fn all_stats() -> Vec<Stat> {
@@ -288,6 +341,24 @@ mod tests {
         );
         let mountinfo = read_pseudo("/proc/self/mountinfo").unwrap();
         assert_eq!(mountinfo, std::fs::read("/proc/self/mountinfo").unwrap());
+    }
+
+    #[test]
+    fn descendants_and_namespace_facts_of_this_process() {
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let d = descendants(me).expect("this kernel has children files");
+        let pid = child.id() as i32;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(d.contains(&pid), "{d:?} lacks {pid}");
+        assert!(!d.contains(&me));
+        assert!(all_pids().contains(&me));
+        assert!(in_initial_pid_namespace().is_some());
+        assert!(own_cgroup2_path().is_some());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod docs;
 mod errors;
 mod escapes;
 mod job;
+mod modes;
 mod pid1;
 mod run;
 mod tty;
