@@ -554,6 +554,8 @@ struct StartupResult {
     true_: Stats,
     tini: Stats,
     cgjob: Option<Stats>,
+    /// The other containment modes, each beside its own baseline: (name, stats).
+    modes: Vec<(&'static str, Stats)>,
 }
 
 fn bench_startup(runs: usize, with_cgjob: bool) -> Result<StartupResult> {
@@ -562,9 +564,42 @@ fn bench_startup(runs: usize, with_cgjob: bool) -> Result<StartupResult> {
         quiet("/bin/true", &[]),
         quiet("tini", &["-s", "--", "/bin/true"]),
     ];
+    // The other containment modes (issue 6), measured in the same interleaving: subreaper
+    // mode plainly; PID-namespace mode as PID 1 of a fresh namespace, beside `unshare` alone.
+    let unshare = ["--pid", "--fork", "--mount", "--mount-proc"];
+    let mode_cmds: Vec<(&'static str, Command)> = if with_cgjob {
+        let c = cgjob.to_string_lossy().into_owned();
+        let in_ns = |tail: &[&str]| quiet("unshare", &[&unshare[..], tail].concat());
+        vec![
+            (
+                "subreaper",
+                quiet(
+                    &cgjob,
+                    &["run", "--containment", "subreaper", "--", "/bin/true"],
+                ),
+            ),
+            ("unshare", in_ns(&["/bin/true"])),
+            (
+                "pidns",
+                in_ns(&[
+                    &c,
+                    "run",
+                    "--containment",
+                    "pid-namespace",
+                    "--",
+                    "/bin/true",
+                ]),
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
     if with_cgjob {
         cmds.push(quiet(&cgjob, &["run", "--", "/bin/true"]));
     }
+    let base = cmds.len();
+    let mode_names: Vec<&'static str> = mode_cmds.iter().map(|(n, _)| *n).collect();
+    cmds.extend(mode_cmds.into_iter().map(|(_, c)| c));
     let mut samples = vec![Vec::with_capacity(runs); cmds.len()];
     for it in 0..WARMUP_RUNS + runs {
         // Interleave, rotating the order each iteration to cancel drift and order effects.
@@ -580,6 +615,11 @@ fn bench_startup(runs: usize, with_cgjob: bool) -> Result<StartupResult> {
         true_: stats(&samples[0]),
         tini: stats(&samples[1]),
         cgjob: with_cgjob.then(|| stats(&samples[2])),
+        modes: mode_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, stats(&samples[base + i])))
+            .collect(),
     })
 }
 
@@ -866,6 +906,24 @@ fn run() -> Result<bool> {
     print_startup("tini", &st.tini);
     if let Some(c) = &st.cgjob {
         print_startup("cgjob", c);
+    }
+    for (name, m) in &st.modes {
+        print_startup(name, m);
+    }
+    let median = |n: &str| {
+        st.modes
+            .iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, s)| s.median)
+    };
+    if let (Some(sr), Some(us), Some(pn)) =
+        (median("subreaper"), median("unshare"), median("pidns"))
+    {
+        println!(
+            "startup  modes: subreaper/tini {:.2}; pid-namespace/unshare {:.2} (cgroup-v2/tini above)",
+            sr.as_secs_f64() / st.tini.median.as_secs_f64(),
+            pn.as_secs_f64() / us.as_secs_f64()
+        );
     }
     println!();
 
