@@ -312,28 +312,15 @@ impl Tracker {
     }
 
     fn snapshot_tree(&mut self, scope: &Scope<'_>) -> Vec<Found> {
-        let Some(sup) = self.supervisor else {
-            return Vec::new();
-        };
-        scope
-            .tree_members(sup)
-            .into_iter()
-            .filter(|p| !self.exclude.contains(p) && !self.known(*p))
-            .filter_map(|pid| {
-                let pidfd = PidFd::open(pid).ok().flatten()?;
-                Some(Found {
-                    pid,
-                    proc_pid: Some(pid),
-                    stat: None,
-                    pidfd: Some(pidfd),
-                    in_cgroup: false,
-                })
-            })
-            .collect()
+        match self.supervisor {
+            Some(sup) => self.found_outside(&scope.tree_members(sup)),
+            None => Vec::new(),
+        }
     }
 
-    /// Processes outside the cgroup that belong to the job all the same (found by their
-    /// environment), for [`Tracker::describe`]. Known and excluded ones are left out.
+    /// Processes of the job found by pid rather than in its cgroup — by their environment
+    /// (the sweep), or by walking cgjob's tree when there is no cgroup — for
+    /// [`Tracker::describe`]. Known and excluded ones are left out.
     pub fn found_outside(&self, pids: &[i32]) -> Vec<Found> {
         pids.iter()
             .filter(|p| !self.exclude.contains(p) && !self.known(**p))

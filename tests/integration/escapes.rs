@@ -131,22 +131,6 @@ fn sigstopped_process() {
     assert_eq!(l["ended_by"], "killed");
 }
 
-/// A pid-hopper (forks a copy of itself and exits, forever, ignoring SIGTERM) and a shell that
-/// forks without pause: a killer that lists pids and signals them one by one keeps missing
-/// the newest. Few are alive at any moment, so this is bounded without a limit.
-const CHASERS: &str = r#"
-python3 -c '
-import os, signal
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-while True:
-    if os.fork() != 0:
-        os._exit(0)
-' &
-bash -c 'trap "" TERM; while :; do (trap "" TERM; sleep 0.01) & wait; done' &
-sleep 0.5
-exit 0
-"#;
-
 #[test]
 fn keeps_forking_while_killed() {
     let t = TestJob::new("chaser");

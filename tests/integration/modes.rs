@@ -264,22 +264,6 @@ const ESCAPES: &[(&str, &str, i32, &str, bool)] = &[
     ),
 ];
 
-/// A pid-hopper (forks a copy of itself and exits, forever, ignoring SIGTERM) and a shell that
-/// forks without pause: without a freezer, each kill round finds the newest ones. Few are
-/// alive at any moment, so this is bounded without a limit.
-const CHASERS: &str = r#"
-python3 -c '
-import os, signal
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-while True:
-    if os.fork() != 0:
-        os._exit(0)
-' &
-bash -c 'trap "" TERM; while :; do (trap "" TERM; sleep 0.01) & wait; done' &
-sleep 0.5
-exit 0
-"#;
-
 fn escapes_are_caught(test: &str, mode: impl Fn(&TestJob) -> Mode) {
     for (what, body, want, cmd, killed) in ESCAPES {
         let t = TestJob::new(test);
@@ -823,7 +807,6 @@ fn unprivileged_with_a_delegated_parent() {
 /// delegated cgroup, `gc` says what is missing.
 #[test]
 fn unprivileged_gc_sweeps_the_delegated_parent() {
-    use std::os::unix::ffi::OsStrExt;
     let t = TestJob::new("nb-gc");
     let d = delegate(&t, "deleg");
     let stale = d.join("cgjob/stale");
@@ -835,18 +818,7 @@ fn unprivileged_gc_sweeps_the_delegated_parent() {
         r#"{{"version":1,"kind":"run","supervisor_pid":{},"supervisor_start":1,"uid":{NOBODY},"created":1}}"#,
         i32::MAX - 1
     );
-    let path = std::ffi::CString::new(stale.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            c"user.cgjob.job".as_ptr(),
-            dead.as_ptr().cast(),
-            dead.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    set_owner_record(&stale, c"user.cgjob.job", &dead);
 
     let exe = env!("CARGO_BIN_EXE_cgjob");
     let mut c = as_nobody(&t, Some(&d));

@@ -525,17 +525,5 @@ fn an_existing_cgroup_of_that_name_is_refused_and_left_alone() {
 }
 
 fn xattr(p: &Path, v: &str) {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            c"trusted.cgjob.job".as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    set_owner_record(p, c"trusted.cgjob.job", v);
 }

@@ -443,3 +443,37 @@ pub fn procs(cg: &Path) -> HashSet<i32> {
         .filter_map(|p| p.parse().ok())
         .collect()
 }
+
+/// A pid-hopper (forks a copy of itself and exits, forever, ignoring SIGTERM) and a shell that
+/// forks without pause, as a job script body: a killer that lists pids and signals them one by
+/// one keeps missing the newest. Few are alive at any moment, so it is bounded without a limit.
+pub const CHASERS: &str = r#"
+python3 -c '
+import os, signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    if os.fork() != 0:
+        os._exit(0)
+' &
+bash -c 'trap "" TERM; while :; do (trap "" TERM; sleep 0.01) & wait; done' &
+sleep 0.5
+exit 0
+"#;
+
+/// Put an owner record (`attr`: `trusted.cgjob.job` or `user.cgjob.job`) on a cgroup, as
+/// cgjob would.
+pub fn set_owner_record(cg: &Path, attr: &std::ffi::CStr, json: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(cg.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and a buffer with its length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            attr.as_ptr(),
+            json.as_ptr().cast(),
+            json.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
