@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum, ValueHint};
 
+use crate::cgroup::limits::{CpuMax, Limit};
 use crate::config::{self, ForwardTo, JobName};
 
 /// Run jobs in cgroups of their own, and leave nothing behind.
@@ -64,6 +65,11 @@ pub enum Command {
     /// placement, status, epilog.
     #[command(subcommand)]
     Job(JobCommand),
+    /// The node daemon (root): owns the job cgroups under its parent and serves job
+    /// operations on a Unix socket (JSON lines); stopping it never kills jobs.
+    ///
+    /// Exit status: 0 after SIGTERM or SIGINT; 125 if it cannot start.
+    Daemon(crate::commands::daemon::DaemonArgs),
     /// Print a shell completion script for cgjob on stdout.
     ///
     /// For example: `cgjob completions bash > /etc/bash_completion.d/cgjob`.
@@ -165,6 +171,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
     /// How the command gets into its cgroup (for testing the fallback).
     #[arg(long, value_enum, default_value_t = SpawnArg::Clone3, hide = true)]
     pub spawn: SpawnArg,
@@ -215,6 +224,56 @@ pub enum KillMethodArg {
     Freeze,
 }
 
+/// Resource limits of a job, set in its cgroup before the command starts.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Memory limit: bytes, or with a suffix (512K, 512M, 2G), or max. Over it the OOM killer
+    /// kills in the job (memory.max; v1 memory.limit_in_bytes).
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    pub memory_max: Option<Limit>,
+
+    /// Memory throttling threshold (memory.high; cgroup v2 only).
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    pub memory_high: Option<Limit>,
+
+    /// Swap limit (memory.swap.max; on v1, memory.memsw.limit_in_bytes = --memory-max + this).
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    pub memory_swap_max: Option<Limit>,
+
+    /// Most processes and threads the job may have at once; forks beyond fail with EAGAIN
+    /// (pids.max).
+    #[arg(long, value_name = "N", value_parser = config::parse_pids_max)]
+    pub pids_max: Option<Limit>,
+
+    /// CPU quota in CPUs, e.g. 0.5 or 1.5 (cpu.max "150000 100000"; v1 cpu.cfs_quota_us).
+    #[arg(long, value_name = "CPUS", value_parser = config::parse_cpus, conflicts_with = "cpu_max")]
+    pub cpus: Option<CpuMax>,
+
+    /// CPU quota as QUOTA/PERIOD in microseconds, e.g. 50000/100000.
+    #[arg(long, value_name = "QUOTA/PERIOD", value_parser = config::parse_cpu_max)]
+    pub cpu_max: Option<CpuMax>,
+
+    /// CPUs the job may run on, e.g. 0-1 or 0,2 (cpuset.cpus).
+    #[arg(long, value_name = "LIST", value_parser = config::parse_cpuset)]
+    pub cpuset: Option<String>,
+
+    /// Which cgroup version carries the limits. auto: cgroup v2 when the job parent has the
+    /// controllers, else the host's cgroup v1 hierarchies (hybrid hosts); the job is contained
+    /// and killed through cgroup v2 either way.
+    #[arg(long, value_enum, default_value_t = LimitsViaArg::Auto, env = "CGJOB_LIMITS_VIA")]
+    pub limits_via: LimitsViaArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LimitsViaArg {
+    Auto,
+    #[value(name = "cgroup-v2")]
+    CgroupV2,
+    #[value(name = "cgroup-v1")]
+    CgroupV1,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SpawnArg {
     Clone3,
@@ -255,7 +314,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct ManArgs {
     /// The subcommand whose page to print [default: the top-level page].
-    #[arg(value_name = "COMMAND", value_parser = ["run", "doctor", "gc", "job", "completions", "man"])]
+    #[arg(value_name = "COMMAND", value_parser = ["run", "doctor", "gc", "job", "daemon", "completions", "man"])]
     pub command: Option<String>,
 }
 

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod job;
 pub mod logging;
 pub mod process;

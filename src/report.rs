@@ -22,6 +22,9 @@ pub fn summary_line(rec: &JobRecord) -> String {
         c => format!(" ({c})"),
     };
     let mut s = format!("cgjob: job {}{mode}: command {}", rec.name, main_words(rec));
+    if rec.oom_killed {
+        s.push_str(" (killed by the OOM killer)");
+    }
     match rec.timeout.phase {
         TimeoutPhase::None => {}
         TimeoutPhase::Signalled => s.push_str(" after the timeout signal"),
@@ -86,7 +89,8 @@ pub fn summary(rec: &JobRecord, verbose: bool) {
     let notable = !rec.leftovers.is_empty()
         || rec.unkillable
         || rec.timeout.phase != TimeoutPhase::None
-        || rec.cgroup_removed == Some(false);
+        || rec.cgroup_removed == Some(false)
+        || rec.oom_killed;
     if notable || verbose {
         eprintln!("{}", summary_line(rec));
     }

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::events::EventsFile;
 use super::file::CgroupFsError;
@@ -16,7 +16,7 @@ use super::tree::Cgroup;
 use crate::process::pidfd;
 
 /// How the job's processes are killed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KillMethod {
     /// Write `1` to `cgroup.kill`.

@@ -4,8 +4,10 @@
 pub mod events;
 pub mod file;
 pub mod kill;
+pub mod limits;
 pub mod mount;
 pub mod tree;
+pub mod v1;
 
 pub use events::{Events, EventsFile};
 pub use file::CgroupFsError;

@@ -184,6 +184,17 @@ impl Cgroup {
         Ok(words(&self.read("cgroup.controllers")?))
     }
 
+    /// Enable controllers for this cgroup's children (`+memory +pids` into
+    /// `cgroup.subtree_control`), in one write. The no-internal-processes rule makes this fail
+    /// (EBUSY) while the cgroup itself holds processes, except at the root.
+    pub fn enable_controllers(&self, names: &[&str]) -> Result<(), CgroupFsError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let data: Vec<String> = names.iter().map(|n| format!("+{n}")).collect();
+        self.write("cgroup.subtree_control", &data.join(" "))
+    }
+
     /// Move a process (0: the caller) into this cgroup.
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupFsError> {
         self.write("cgroup.procs", &pid.to_string())

@@ -3,13 +3,17 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
 
 use crate::cgroup::kill;
 use crate::cli::{
     JobAttachArgs, JobCleanupArgs, JobCommand, JobCreateArgs, JobExecArgs, JobListArgs,
     JobSignalArgs, JobStatusArgs, JobTarget, PlaceArgs,
 };
+use crate::daemon::client::{self, Client};
 use crate::job::batch::{self, JobId, Scheduler};
 use crate::job::cleanup::{self, CleanupSpec, Sweep};
 use crate::job::leftovers::Tracker;
@@ -75,6 +79,30 @@ fn target(t: &JobTarget) -> Result<(PathBuf, JobId, Option<Scheduler>), Failure>
     Ok((parent_of(&t.place)?, id, sched))
 }
 
+/// The daemon, when one answers on its socket and serves `parent`: then every command but
+/// `cleanup --sweep`/`--spare-ancestors` goes through it (same results; a user gets what the
+/// daemon allows them). Otherwise the command acts directly.
+fn daemon(parent: &Path) -> Option<Client> {
+    Client::serving(&client::socket_path(), parent)
+}
+
+/// A request to the daemon whose reply is `T`; a refusal is a failure (125) with its message.
+fn ask<T: serde::de::DeserializeOwned>(
+    d: &mut Client,
+    req: Value,
+    wait: Duration,
+) -> Result<T, Failure> {
+    let v = d
+        .request(req, wait)
+        .map_err(|e| Failure(exit::FAILURE, e))?;
+    serde_json::from_value(v).map_err(|e| {
+        Failure(
+            exit::FAILURE,
+            format!("unexpected reply from the daemon: {e}"),
+        )
+    })
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> i32 {
     super::write_stdout(format!("{}\n", serde_json::to_string(v).expect("serializes")).as_bytes())
 }
@@ -87,7 +115,14 @@ fn create(a: JobCreateArgs) -> Result<i32, Failure> {
         .uid
         .or_else(|| env("SLURM_JOB_UID")?.parse().ok())
         .unwrap_or(unsafe { libc::getuid() });
-    let c = cleanup::create(&parent, &id, scheduler, uid).map_err(fail)?;
+    let c: cleanup::Created = match daemon(&parent) {
+        Some(mut d) => ask(
+            &mut d,
+            json!({"v": 1, "op": "create", "job_id": id.as_str(), "uid": uid, "scheduler": scheduler}),
+            Duration::ZERO,
+        )?,
+        None => cleanup::create(&parent, &id, scheduler, uid).map_err(fail)?,
+    };
     if !c.stale.is_empty() {
         eprintln!(
             "cgjob: job {id}: killed {} stale process(es) of an earlier job with the same id in {}",
@@ -103,6 +138,24 @@ fn create(a: JobCreateArgs) -> Result<i32, Failure> {
 
 fn exec(a: JobExecArgs) -> Result<i32, Failure> {
     let (parent, id, from_env) = target(&a.target)?;
+    if let Some(mut d) = daemon(&parent) {
+        // Through the daemon: it moves this process in (a user cannot write cgroupfs).
+        if a.create && !batch::job_cgroup(&parent, &id).path().is_dir() {
+            let sched = from_env.unwrap_or(Scheduler::Other);
+            let _: Value = ask(
+                &mut d,
+                json!({"v": 1, "op": "create", "job_id": id.as_str(), "scheduler": sched}),
+                Duration::ZERO,
+            )?;
+        }
+        let pid = std::process::id();
+        let _: Value = ask(
+            &mut d,
+            json!({"v": 1, "op": "attach", "job_id": id.as_str(), "pids": [pid]}),
+            Duration::ZERO,
+        )?;
+        return exec_command(&a.command);
+    }
     if a.create && !batch::job_cgroup(&parent, &id).path().is_dir() {
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
@@ -121,9 +174,12 @@ fn exec(a: JobExecArgs) -> Result<i32, Failure> {
         }
         Err(e) => return Err(fail(e)),
     }
-    // Joined: now become the command (nothing of cgjob stays around).
-    let argv: Vec<CString> = a
-        .command
+    exec_command(&a.command)
+}
+
+/// Joined: now become the command (nothing of cgjob stays around).
+fn exec_command(command: &[std::ffi::OsString]) -> Result<i32, Failure> {
+    let argv: Vec<CString> = command
         .iter()
         .map(|s| CString::new(s.as_bytes()))
         .collect::<Result<_, _>>()
@@ -133,7 +189,7 @@ fn exec(a: JobExecArgs) -> Result<i32, Failure> {
     // SAFETY: a NULL-terminated argv of valid C strings; execvp returns only on failure.
     unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
     let e = std::io::Error::last_os_error();
-    let name = a.command[0].to_string_lossy();
+    let name = command[0].to_string_lossy();
     Err(match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
             Failure(exit::NOT_FOUND, format!("command not found: {name}"))
@@ -144,6 +200,11 @@ fn exec(a: JobExecArgs) -> Result<i32, Failure> {
 
 fn attach(a: JobAttachArgs) -> Result<i32, Failure> {
     let (parent, id, _) = target(&a.target)?;
+    if let Some(mut d) = daemon(&parent) {
+        let req = json!({"v": 1, "op": "attach", "job_id": id.as_str(), "pids": a.pids});
+        let _: Value = ask(&mut d, req, Duration::ZERO)?;
+        return Ok(0);
+    }
     let cg = existing(&parent, &id)?;
     let mut failed = false;
     for pid in a.pids {
@@ -164,13 +225,18 @@ fn attach(a: JobAttachArgs) -> Result<i32, Failure> {
 
 fn signal(a: JobSignalArgs) -> Result<i32, Failure> {
     let (parent, id, _) = target(&a.target)?;
+    if let Some(mut d) = daemon(&parent) {
+        let req = json!({"v": 1, "op": "signal", "job_id": id.as_str(), "signal": a.signal});
+        let _: Value = ask(&mut d, req, Duration::ZERO)?;
+        return Ok(0);
+    }
     let cg = existing(&parent, &id)?;
     let sent = kill::signal_each(&cg, a.signal).map_err(fail)?;
     tracing::info!(count = sent.len(), "signalled");
     Ok(0)
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Status {
     job_id: String,
     cgroup: PathBuf,
@@ -180,14 +246,23 @@ struct Status {
 
 fn status(a: JobStatusArgs) -> Result<i32, Failure> {
     let (parent, id, _) = target(&a.target)?;
-    let cg = existing(&parent, &id)?;
-    let mut t = Tracker::cgroup_only();
-    t.scan(&cg).map_err(fail)?;
-    let st = Status {
-        job_id: id.to_string(),
-        cgroup: cg.path().to_owned(),
-        owner: meta::read(&cg).ok().flatten(),
-        processes: t.leftovers,
+    let st: Status = match daemon(&parent) {
+        Some(mut d) => ask(
+            &mut d,
+            json!({"v": 1, "op": "status", "job_id": id.as_str()}),
+            Duration::ZERO,
+        )?,
+        None => {
+            let cg = existing(&parent, &id)?;
+            let mut t = Tracker::cgroup_only();
+            t.scan(&cg).map_err(fail)?;
+            Status {
+                job_id: id.to_string(),
+                cgroup: cg.path().to_owned(),
+                owner: meta::read(&cg).ok().flatten(),
+                processes: t.leftovers,
+            }
+        }
     };
     if a.json {
         return Ok(print_json(&st));
@@ -214,7 +289,7 @@ fn status(a: JobStatusArgs) -> Result<i32, Failure> {
     Ok(super::write_stdout(out.as_bytes()))
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Listed {
     job_id: String,
     cgroup: PathBuf,
@@ -227,7 +302,14 @@ struct Listed {
 fn list(a: JobListArgs) -> Result<i32, Failure> {
     let parent = parent_of(&a.place)?;
     let mut jobs = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&parent) {
+    if let Some(mut d) = daemon(&parent) {
+        #[derive(serde::Deserialize)]
+        struct Jobs {
+            jobs: Vec<Listed>,
+        }
+        let r: Jobs = ask(&mut d, json!({"v": 1, "op": "list"}), Duration::ZERO)?;
+        jobs = r.jobs;
+    } else if let Ok(rd) = std::fs::read_dir(&parent) {
         for e in rd.flatten().filter(|e| e.path().is_dir()) {
             let cg = crate::cgroup::Cgroup::at(e.path());
             let Some(m) = meta::read(&cg).ok().flatten().filter(|m| m.is_batch()) else {
@@ -307,7 +389,26 @@ fn clean(a: JobCleanupArgs) -> Result<i32, Failure> {
         sweep,
         spare_ancestors_to,
     };
-    let res = cleanup::cleanup(&parent, &id, &spec).map_err(fail)?;
+    let via = if spec.sweep.is_none() && spec.spare_ancestors_to.is_none() {
+        daemon(&parent)
+    } else {
+        // The sweep and the sparing need the caller's own view (its ancestors, the job's
+        // environment marker): done here.
+        None
+    };
+    let res: cleanup::Cleaned = match via {
+        Some(mut d) => {
+            let req = json!({
+                "v": 1,
+                "op": "cleanup",
+                "job_id": id.as_str(),
+                "grace_ms": spec.grace.as_millis() as u64,
+                "kill_timeout_ms": spec.kill_timeout.as_millis() as u64,
+            });
+            ask(&mut d, req, spec.grace + spec.kill_timeout)?
+        }
+        None => cleanup::cleanup(&parent, &id, &spec).map_err(fail)?,
+    };
     if !res.leftovers.is_empty() {
         // The Grid Engine way, so that existing log scrapers keep working.
         eprintln!("cgjob: rogue process(es) found for job {id}");

@@ -2,6 +2,7 @@
 //! status back.
 
 pub mod completions;
+pub mod daemon;
 pub mod doctor;
 pub mod gc;
 pub mod job;
@@ -20,6 +21,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Doctor(args) => doctor::doctor(args),
         Command::Gc(args) => gc::gc(args),
         Command::Job(cmd) => job::job(cmd),
+        Command::Daemon(args) => daemon::daemon(args),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => man::man(args),
     }

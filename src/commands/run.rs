@@ -3,10 +3,14 @@
 use std::fs::File;
 use std::time::Duration;
 
+use crate::cgroup::limits::Limits;
 use crate::cgroup::KillRequest;
-use crate::cli::{ContainmentArg, KillMethodArg, LeftoversArg, RunArgs, SpawnArg};
+use crate::cli::{
+    ContainmentArg, KillMethodArg, LeftoversArg, LimitArgs, LimitsViaArg, RunArgs, SpawnArg,
+};
 use crate::config::RunConfig;
 use crate::job::containment::{self, Containment, ContainmentRequest};
+use crate::job::limits::LimitsVia;
 use crate::job::policy::{exit, LeftoverPolicy};
 use crate::job::supervise;
 use crate::process::spawn::SpawnMethod;
@@ -48,7 +52,26 @@ pub fn config(a: RunArgs, verbose: bool) -> RunConfig {
     c.report = a.report;
     c.json = a.json;
     c.verbose = verbose;
+    (c.limits, c.limits_via) = limits(a.limits);
     c
+}
+
+/// The limit flags as settings (shared with `job create`).
+pub fn limits(a: LimitArgs) -> (Limits, LimitsVia) {
+    let l = Limits {
+        memory_max: a.memory_max,
+        memory_high: a.memory_high,
+        memory_swap_max: a.memory_swap_max,
+        pids_max: a.pids_max,
+        cpu_max: a.cpus.or(a.cpu_max),
+        cpuset: a.cpuset,
+    };
+    let via = match a.limits_via {
+        LimitsViaArg::Auto => LimitsVia::Auto,
+        LimitsViaArg::CgroupV2 => LimitsVia::CgroupV2,
+        LimitsViaArg::CgroupV1 => LimitsVia::CgroupV1,
+    };
+    (l, via)
 }
 
 /// Settings that contradict each other: a usage error.
@@ -60,6 +83,12 @@ fn contradiction(c: &RunConfig) -> Option<String> {
     if no_cgroup && c.require_cgroup {
         return Some(
             "--require-cgroup cannot be combined with --containment pid-namespace or subreaper"
+                .into(),
+        );
+    }
+    if no_cgroup && !c.limits.is_empty() {
+        return Some(
+            "resource limits need a cgroup; --containment pid-namespace and subreaper make none"
                 .into(),
         );
     }

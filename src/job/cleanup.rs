@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::batch::{self, JobId, Scheduler};
 use super::leftovers::{Leftover, Tracker};
@@ -30,7 +30,7 @@ pub enum JobError {
 }
 
 /// What `create` did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Created {
     pub job_id: String,
     pub cgroup: PathBuf,
@@ -111,7 +111,7 @@ pub struct Sweep {
 }
 
 /// The result of a cleanup.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Cleaned {
     pub job_id: String,
     pub cgroup: PathBuf,
@@ -123,7 +123,7 @@ pub struct Cleaned {
     /// Something survived every kill: the node is not clean.
     pub unkillable: bool,
     /// cgjob and its ancestors moved out of the cgroup before the kill (`--spare-ancestors`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spared: Vec<i32>,
 }
 

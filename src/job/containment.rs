@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::limits::{self, JobLimits, LimitsError};
 use super::place::{self, JobParent, PlaceError, SupervisorLeaf};
 use crate::cgroup::{kill, mount, Cgroup, Cgroup2Mount};
 use crate::config::{JobName, RunConfig};
@@ -98,6 +99,8 @@ pub enum ContainmentError {
         #[source]
         cause: PlaceError,
     },
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
     #[error("--containment pid-namespace needs cgjob to be PID 1 of a PID namespace (e.g. `unshare --pid --fork --mount-proc cgjob run …`); it runs as pid {0}")]
     NotPid1(i32),
     #[error("cgjob is PID 1 of the host's own PID namespace: without a cgroup its job would be every process of the machine; give it a cgroup")]
@@ -140,6 +143,8 @@ fn cgroup_demanded(cfg: &RunConfig) -> Option<&'static str> {
         Some("--require-cgroup")
     } else if cfg.containment == ContainmentRequest::CgroupV2 {
         Some("--containment cgroup-v2")
+    } else if !cfg.limits.is_empty() {
+        Some("resource limits")
     } else {
         None
     }
@@ -161,6 +166,8 @@ pub struct Prepared {
     pub cgroup: Option<JobCgroup>,
     /// Why there is no cgroup, when `auto` fell back to a weaker mode.
     pub degraded: Option<String>,
+    /// The job's resource limits, in place (`cgroup-v2` only).
+    pub limits: Option<JobLimits>,
     /// cgjob's own leaf in a delegated cgroup, left (and removed) when this is dropped.
     _leaf: Option<SupervisorLeaf>,
 }
@@ -175,6 +182,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared, ContainmentError> {
             name: cfg.name.clone().unwrap_or_else(place::generate_name),
             cgroup: None,
             degraded: None,
+            limits: None,
             _leaf: None,
         })
     };
@@ -187,13 +195,35 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared, ContainmentError> {
     }
     let err = match make_cgroup(cfg) {
         Ok((jc, name, leaf)) => {
+            // Limits go in before anything runs; if they cannot, nothing is started and the
+            // job cgroup goes again.
+            let rel = jc
+                .cg
+                .path()
+                .strip_prefix(&jc.hier.mount_point)
+                .unwrap_or(jc.cg.path())
+                .to_owned();
+            // mountinfo is read again only when there are limits: start-up stays as it was.
+            let v1_mounts = match cfg.limits.is_empty() {
+                true => Vec::new(),
+                false => crate::cgroup::v1::find(),
+            };
+            let lim = limits::setup(&jc.cg, &rel, &cfg.limits, cfg.limits_via, &v1_mounts);
+            let lim = match lim {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = jc.cg.remove();
+                    return Err(e.into());
+                }
+            };
             return Ok(Prepared {
                 containment: Containment::CgroupV2,
                 name,
                 cgroup: Some(jc),
                 degraded: None,
+                limits: lim,
                 _leaf: leaf,
-            })
+            });
         }
         Err(e) => e,
     };

@@ -9,14 +9,14 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, CgroupFsError};
 use crate::process::procinfo;
 use crate::process::PidFd;
 
 /// How a leftover ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EndedBy {
     /// Exited by itself while cgjob let it run (`--leftovers wait`).
@@ -29,8 +29,8 @@ pub enum EndedBy {
     Unkillable,
 }
 
-/// One leftover process.
-#[derive(Debug, Serialize)]
+/// One leftover process. (Deserialized from the daemon's replies: without the pidfd.)
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Leftover {
     pub pid: i32,
     pub ppid: i32,

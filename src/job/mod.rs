@@ -7,6 +7,7 @@ pub mod containment;
 pub mod gc;
 pub mod guardian;
 pub mod leftovers;
+pub mod limits;
 pub mod meta;
 pub mod place;
 pub mod policy;

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::containment::Containment;
 use super::leftovers::Leftover;
+use super::limits::LimitsRecord;
 use super::policy::{LeftoverPolicy, MainExit, TimeoutPhase};
+use crate::cgroup::limits::Usage;
 use crate::cgroup::KillMethod;
 use crate::process::spawn::SpawnMethod;
 
@@ -43,6 +45,14 @@ pub struct JobRecord {
     /// From the main process's exit to nothing of the job left.
     pub main_exit_to_empty_ms: Option<f64>,
     pub cpu: Option<CpuUsage>,
+    /// The main process was killed by the OOM killer (SIGKILL, and the job's memory cgroup
+    /// counted an OOM kill).
+    pub oom_killed: bool,
+    /// The job's resource limits and where they were set; `None` without limits.
+    pub limits: Option<LimitsRecord>,
+    /// What the job's cgroups counted (memory peak, OOM kills, pids peak), where the kernel
+    /// keeps it; `None` without a cgroup.
+    pub usage: Option<Usage>,
     /// Processes survived every kill; the cgroup was left in place.
     pub unkillable: bool,
     /// `None` without a cgroup.

@@ -24,11 +24,13 @@ use nix::sys::wait::WaitStatus;
 use super::containment::{Containment, ContainmentError, Prepared};
 use super::guardian::Guardian;
 use super::leftovers::{Scope, Tracker};
+use super::limits::JobLimits;
 use super::meta::{self, JobMeta};
 use super::place::{self, PlaceError};
 use super::policy::{self, Action, Escalation, Event, MainExit, Phase};
 use super::record::{CpuUsage, JobRecord, TimeoutRecord};
 use crate::cgroup::kill::{self, KillError};
+use crate::cgroup::limits::Usage;
 use crate::cgroup::{Cgroup, CgroupFsError, EventsFile, KillMethod};
 use crate::config::{ForwardTo, RunConfig};
 use crate::process::spawn::{self, SpawnError, SpawnSpec};
@@ -73,15 +75,18 @@ impl RunError {
     }
 }
 
-/// A job cgroup removed on drop unless the job got going: nothing is left behind by a failed
-/// start.
-struct RemoveOnError(Option<Cgroup>);
+/// A job cgroup (and its cgroup v1 cgroups) removed on drop unless the job got going: nothing
+/// is left behind by a failed start.
+struct RemoveOnError<'a>(Option<Cgroup>, Option<&'a JobLimits>);
 
-impl Drop for RemoveOnError {
+impl Drop for RemoveOnError<'_> {
     fn drop(&mut self) {
         if let Some(cg) = self.0.take() {
             if let Err(e) = cg.remove() {
                 tracing::warn!(error = %e, "cannot remove the job cgroup after a failed start");
+            }
+            if let Some(l) = self.1.take() {
+                l.remove_v1();
             }
         }
     }
@@ -115,7 +120,15 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
     let _enter = span.enter();
     let job_cg = prep.cgroup.as_ref();
     let cg = job_cg.map(|j| &j.cg);
-    let mut cleanup = RemoveOnError(cg.cloned());
+    let mut cleanup = RemoveOnError(cg.cloned(), prep.limits.as_ref());
+    if let Some(l) = &prep.limits {
+        tracing::info!(applied_via = %l.via, v1_cgroups = ?l.v1.iter().map(|c| c.cg.path()).collect::<Vec<_>>(), "resource limits set");
+    }
+    // Opened before the clone: the child only writes to them.
+    let v1_joins = match &prep.limits {
+        Some(l) => l.open_joins()?,
+        None => Vec::new(),
+    };
 
     // Held for the life of the job (closed in the command at exec, in the guardian at once):
     // `gc` knows a live job by it.
@@ -160,6 +173,7 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
         foreground_tty: tty.filter(|t| t.ours_in_front()).map(|t| t.fd()),
         sigmask: old_mask,
         nofile,
+        v1_joins: &v1_joins,
     };
     let launch = match spawn::spawn(&spec) {
         Ok(s) => s,
@@ -245,9 +259,13 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
     let unkillable = matches!(sup.esc.phase(), Phase::Done { unkillable: true });
     sup.tracker.mark_at_end();
     reap::reap_ready();
-    let (cpu, removed) = match cg {
+    let (cpu, usage, removed) = match cg {
         Some(c) => {
             let cpu = c.cpu_stat().ok().map(|s| CpuUsage::from_stat(&s));
+            let usage = match &prep.limits {
+                Some(l) => l.usage(c),
+                None => crate::cgroup::limits::usage_v2(c),
+            };
             let removed = !unkillable
                 && match c.remove() {
                     Ok(()) => true,
@@ -256,10 +274,16 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
                         false
                     }
                 };
-            (cpu, Some(removed))
+            (cpu, Some(usage), Some(removed))
         }
-        None => (CpuUsage::of_children(), None),
+        None => (CpuUsage::of_children(), None, None),
     };
+    drop(v1_joins);
+    // The v1 cgroups go with the v2 one (a process of the job still in them keeps them).
+    let limits = prep.limits.as_ref().map(|l| {
+        let v1_removed = (!l.v1.is_empty()).then(|| removed == Some(true) && l.remove_v1());
+        l.record(v1_removed)
+    });
     if let Some(t) = tty {
         t.take_back_from(sup.main_pid);
     }
@@ -300,6 +324,9 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
             _ => None,
         },
         cpu,
+        oom_killed: oom_killed(sup.main_exit, timeout_phase, usage.as_ref()),
+        limits,
+        usage,
         unkillable,
         cgroup_removed: removed,
     };
@@ -307,6 +334,23 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
         g.reap();
     }
     Ok(record)
+}
+
+/// The main process died of the OOM killer: SIGKILL, not sent by cgjob at a timeout, and the
+/// job's memory cgroup counted an OOM kill.
+fn oom_killed(
+    exit: Option<MainExit>,
+    timeout: policy::TimeoutPhase,
+    usage: Option<&Usage>,
+) -> bool {
+    matches!(
+        exit,
+        Some(MainExit::Signal {
+            signal: libc::SIGKILL,
+            ..
+        })
+    ) && timeout != policy::TimeoutPhase::Killed
+        && usage.and_then(|u| u.oom_kills).unwrap_or(0) > 0
 }
 
 struct Supervisor<'a> {

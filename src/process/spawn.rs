@@ -75,6 +75,8 @@ pub enum SpawnError {
     },
     #[error("the child could not join the cgroup before exec")]
     Join(#[source] io::Error),
+    #[error("the child could not join its cgroup v1 cgroups before exec")]
+    JoinV1(#[source] io::Error),
     /// The v2 migration rule: starting a process in a cgroup needs write access to
     /// `cgroup.procs` of the common ancestor of the caller's cgroup and the target.
     #[error("not allowed to start a process in {0} (permission denied); an unprivileged cgjob must itself run inside the delegated subtree that holds the job cgroup")]
@@ -103,6 +105,9 @@ pub struct SpawnSpec<'a> {
     pub sigmask: SigSet,
     /// RLIMIT_NOFILE to restore in the child, if cgjob raised its own.
     pub nofile: Option<libc::rlimit>,
+    /// `cgroup.procs` of cgroup v1 cgroups the child writes itself into before exec (v1 has
+    /// no clone3 into a cgroup): the limits of hybrid hosts.
+    pub v1_joins: &'a [OwnedFd],
 }
 
 /// A started process.
@@ -116,6 +121,7 @@ pub struct Spawned {
 
 const STAGE_JOIN: u8 = 1;
 const STAGE_EXEC: u8 = 2;
+const STAGE_JOIN_V1: u8 = 3;
 
 /// Everything the child touches, owned by the parent.
 struct ChildCtx {
@@ -123,6 +129,7 @@ struct ChildCtx {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     join_fd: Option<RawFd>,
+    v1_joins: Vec<RawFd>,
     err_fd: RawFd,
     tty: Option<RawFd>,
     sigmask: libc::sigset_t,
@@ -186,6 +193,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
         argv,
         envp,
         join_fd: None,
+        v1_joins: spec.v1_joins.iter().map(|f| f.as_raw_fd()).collect(),
         err_fd: err_w.as_raw_fd(),
         tty: spec.foreground_tty,
         sigmask: *spec.sigmask.as_ref(),
@@ -267,6 +275,7 @@ impl Started {
         Err(match (buf[0], errno) {
             (STAGE_JOIN, libc::EACCES | libc::EPERM) => SpawnError::CgroupPermission(self.cgroup),
             (STAGE_JOIN, _) => SpawnError::Join(err),
+            (STAGE_JOIN_V1, _) => SpawnError::JoinV1(err),
             (_, libc::ENOENT) | (_, libc::ENOTDIR) => SpawnError::NotFound(self.program),
             _ => SpawnError::NotExecutable {
                 program: self.program,
@@ -474,6 +483,12 @@ fn child_exec(ctx: &ChildCtx) -> ! {
             if libc::getppid() != parent {
                 libc::kill(libc::getpid(), sig);
                 libc::_exit(127);
+            }
+        }
+        // v1 first: once in them, the process is under the job's limits before it execs.
+        for fd in &ctx.v1_joins {
+            if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                child_fail(ctx.err_fd, STAGE_JOIN_V1, errno());
             }
         }
         if let Some(fd) = ctx.join_fd {

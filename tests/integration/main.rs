@@ -3,10 +3,12 @@
 
 mod util;
 
+mod daemon;
 mod docs;
 mod errors;
 mod escapes;
 mod job;
+mod limits;
 mod modes;
 mod pid1;
 mod run;

@@ -118,6 +118,30 @@ impl TestJob {
         self.v1_cgroups.push(v1);
     }
 
+    /// For limit tests: enable in the test's own `cgjob-test` cgroup whatever v2 controllers it
+    /// has available (pure v2 hosts; nothing on hybrid ones), so that the job parent has them
+    /// in `cgroup.controllers` — and register, for removal at the end, every v1 cgroup cgjob
+    /// would make for the job on a hybrid host (`<v1 mount>/cgjob-test/<test>/job`, deepest
+    /// first). Returns those v1 job cgroups.
+    pub fn prepare_limits(&mut self) -> Vec<PathBuf> {
+        let top = self.root.join("cgjob-test");
+        if let Ok(avail) = std::fs::read_to_string(top.join("cgroup.controllers")) {
+            for c in avail.split_whitespace() {
+                let _ = std::fs::write(top.join("cgroup.subtree_control"), format!("+{c}"));
+            }
+        }
+        let rel = self.parent.strip_prefix(&self.root).unwrap().to_owned();
+        let mut jobs = Vec::new();
+        for m in v1_mounts(&["memory", "pids", "cpu", "cpuset"]) {
+            let job = m.join(&rel).join("job");
+            self.on_drop_remove(job.clone());
+            self.on_drop_remove(m.join(&rel));
+            self.on_drop_remove(m.join("cgjob-test"));
+            jobs.push(job);
+        }
+        jobs
+    }
+
     /// Write a bash script into the scratch directory; returns its path.
     pub fn script(&self, name: &str, body: &str) -> String {
         let p = self.path(name);
@@ -193,6 +217,24 @@ impl Drop for TestJob {
         }
         let _ = std::fs::remove_dir(self.root.join("cgjob-test"));
     }
+}
+
+/// Mount points of the cgroup v1 hierarchies holding any of `controllers`.
+pub fn v1_mounts(controllers: &[&str]) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    text.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split_whitespace();
+            if post.next()? != "cgroup" {
+                return None;
+            }
+            let opts = post.nth(1)?;
+            opts.split(',')
+                .any(|o| controllers.contains(&o))
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .collect()
 }
 
 fn nanos() -> u128 {

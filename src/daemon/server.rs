@@ -1,0 +1,1006 @@
+//! The daemon's one loop: `epoll_wait` with no timeout over the listening socket, every client
+//! connection, every job's `cgroup.events` (EPOLLPRI: the kernel's populated/empty
+//! notification), a signalfd (SIGTERM, SIGINT) and a wake-up socket for cleanup workers. Idle,
+//! it blocks in the kernel and uses no CPU.
+//!
+//! A cleanup waits out its grace period and kill passes (seconds), so it runs on a worker
+//! thread of its own, and its reply is sent when it is done; the loop keeps serving meanwhile.
+//! `create` can block too, but only when an earlier job of the same id left processes to kill.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use serde_json::{json, Value};
+
+use super::auth::{self, Peer};
+use super::metrics::{Metrics, MetricsFile};
+use super::protocol::{self, Request, MAX_LINE};
+use super::results::ResultsLog;
+use crate::cgroup::{kill, Cgroup, EventsFile};
+use crate::job::batch::{self, JobId};
+use crate::job::cleanup::{self, Cleaned, CleanupSpec};
+use crate::job::gc;
+use crate::job::leftovers::{EndedBy, Tracker};
+use crate::job::meta;
+use crate::process::procinfo;
+
+/// Settings of the daemon, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub parent: PathBuf,
+    pub results: ResultsLog,
+    pub metrics: Option<MetricsFile>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another daemon answers on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error(transparent)]
+    Gc(#[from] gc::GcError),
+    #[error(transparent)]
+    Fs(#[from] crate::cgroup::CgroupFsError),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> DaemonError {
+    move |source| DaemonError::Sys { what, source }
+}
+
+const LISTENER: u64 = 0;
+const SIGNALS: u64 = 1;
+const WAKE: u64 = 2;
+const PARENT_DIR: u64 = 3;
+/// Client tokens are `CLIENT + n`, job tokens `JOB + n`.
+const CLIENT: u64 = 1 << 32;
+const JOB: u64 = 1 << 48;
+
+/// A subscriber that lets this much output pile up unread is dropped.
+const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+
+struct Client {
+    stream: UnixStream,
+    peer: Peer,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// Registered for EPOLLOUT (output is waiting).
+    writing: bool,
+    subscribed: bool,
+    /// Inside an oversized line: input is dropped up to the next newline.
+    discarding: bool,
+    /// The client shut down its sending side; it is dropped once it has every reply.
+    eof: bool,
+    /// Cleanups running for it, whose replies are still to come.
+    pending: usize,
+}
+
+struct Watched {
+    uid: Option<u32>,
+    events: EventsFile,
+    populated: bool,
+    token: u64,
+    cleaning: bool,
+}
+
+/// A cleanup finished on its worker thread.
+struct Done {
+    client: u64,
+    id: JobId,
+    uid: Option<u32>,
+    result: Result<Cleaned, String>,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    epoll: Epoll,
+    listener: UnixListener,
+    signals: SignalFd,
+    /// inotify on the parent cgroup: job cgroups made or removed without the daemon
+    /// (`cgjob job create`/`cleanup` run directly, gc) are adopted or dropped.
+    parent_dir: OwnedFd,
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
+    clients: HashMap<u64, Client>,
+    jobs: HashMap<String, Watched>,
+    job_tokens: HashMap<u64, String>,
+    next: u64,
+    /// Not accepting for want of descriptors (see `accept`).
+    paused: bool,
+    metrics: Metrics,
+    /// The metrics changed since they were last written.
+    dirty: bool,
+}
+
+/// Bind the socket: its directory made 0755, the socket 0666 (anyone may connect; what they
+/// may do is decided per request from their credentials). A socket file nobody answers on is
+/// a dead daemon's and is replaced; one that answers is an error.
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(io("chmod", dir))?;
+        }
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(DaemonError::AlreadyRunning(path.to_owned()));
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("remove the old socket", path)(e))
+        }
+        _ => {}
+    }
+    let l = UnixListener::bind(path).map_err(io("bind", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(io("chmod", path))?;
+    l.set_nonblocking(true).map_err(io("configure", path))?;
+    Ok(l)
+}
+
+impl Daemon {
+    /// Set up: signals blocked (before any thread starts, so that every thread inherits the
+    /// mask and only the signalfd sees them), stale jobs removed, the others adopted, the
+    /// socket bound.
+    pub fn start(cfg: Config) -> Result<Daemon, DaemonError> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(sys("block signals"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(sys("signalfd"))?;
+        if !cfg.parent.is_dir() {
+            Cgroup::ensure(&cfg.parent)?;
+        }
+        // Bound first: a second daemon stops here, before it touches any job.
+        let listener = bind(&cfg.socket)?;
+        // Stale jobs first, by gc's rules (a dead `cgjob run` supervisor; an empty scheduler
+        // job older than an hour): what a crashed daemon could not finish.
+        let mut metrics = Metrics::default();
+        for s in gc::sweep(&cfg.parent, false)? {
+            if s.outcome == gc::GcOutcome::Removed {
+                metrics.stale_jobs_removed += 1;
+            }
+            tracing::info!(cgroup = %s.cgroup.display(), "{}", s.describe());
+            let rec = json!({"time": now(), "kind": "stale", "result": s});
+            if let Err(e) = cfg.results.append(&rec) {
+                tracing::warn!(error = %e, path = %cfg.results.path().display(), "cannot append to the results log");
+            }
+        }
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
+        let (wake_rx, wake_tx) = UnixStream::pair().map_err(io("socketpair", Path::new("-")))?;
+        wake_rx
+            .set_nonblocking(true)
+            .map_err(io("configure", Path::new("-")))?;
+        let (done_tx, done_rx) = channel();
+        let parent_dir = watch_dir(&cfg.parent).map_err(io("watch", &cfg.parent))?;
+        let mut d = Daemon {
+            cfg,
+            epoll,
+            listener,
+            signals,
+            parent_dir,
+            wake_rx,
+            wake_tx,
+            done_tx,
+            done_rx,
+            clients: HashMap::new(),
+            jobs: HashMap::new(),
+            job_tokens: HashMap::new(),
+            next: 0,
+            paused: false,
+            metrics,
+            dirty: true,
+        };
+        let ins = EpollFlags::EPOLLIN;
+        d.epoll
+            .add(d.listener.as_fd(), EpollEvent::new(ins, LISTENER))
+            .map_err(sys("epoll_ctl"))?;
+        d.epoll
+            .add(d.signals.as_fd(), EpollEvent::new(ins, SIGNALS))
+            .map_err(sys("epoll_ctl"))?;
+        d.epoll
+            .add(d.wake_rx.as_fd(), EpollEvent::new(ins, WAKE))
+            .map_err(sys("epoll_ctl"))?;
+        d.epoll
+            .add(d.parent_dir.as_fd(), EpollEvent::new(ins, PARENT_DIR))
+            .map_err(sys("epoll_ctl"))?;
+        // After the directory watch is set: a job made in between is seen twice, not never.
+        d.adopt();
+        d.write_metrics();
+        Ok(d)
+    }
+
+    /// Watch every scheduler job cgroup under the parent.
+    fn adopt(&mut self) {
+        let Ok(rd) = std::fs::read_dir(&self.cfg.parent) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("job-").and_then(|s| JobId::parse(s).ok()) else {
+                continue;
+            };
+            let cg = Cgroup::at(e.path());
+            if let Some(m) = meta::read(&cg).ok().flatten().filter(|m| m.is_batch()) {
+                self.watch(&id, Some(m.uid));
+            }
+        }
+        tracing::info!(jobs = self.jobs.len(), "adopted the existing jobs");
+    }
+
+    pub fn jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn write_metrics(&mut self) {
+        self.dirty = false;
+        let Some(f) = &self.cfg.metrics else {
+            return;
+        };
+        self.metrics.jobs = self.jobs.len() as u64;
+        self.metrics.jobs_populated = self.jobs.values().filter(|w| w.populated).count() as u64;
+        if let Err(e) = f.write(&self.metrics) {
+            tracing::warn!(error = %e, "cannot write the metrics file");
+        }
+    }
+
+    /// Job cgroups made or removed under the parent by someone else.
+    fn parent_changed(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: read into a local buffer of its size.
+            let n = unsafe {
+                libc::read(
+                    self.parent_dir.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                return;
+            }
+            for (mask, name) in inotify_events(&buf[..n as usize]) {
+                if mask & libc::IN_Q_OVERFLOW != 0 {
+                    // Events were lost: look at the directory itself.
+                    self.adopt();
+                    let gone: Vec<String> = self
+                        .jobs
+                        .keys()
+                        .filter(|id| {
+                            let id = JobId::parse(id).expect("watched ids are valid");
+                            !batch::job_cgroup(&self.cfg.parent, &id).path().is_dir()
+                        })
+                        .cloned()
+                        .collect();
+                    for id in gone {
+                        self.removed(&id);
+                    }
+                    continue;
+                }
+                let Some(id) = name.strip_prefix("job-").and_then(|s| JobId::parse(s).ok()) else {
+                    continue;
+                };
+                if mask & libc::IN_CREATE != 0 && !self.jobs.contains_key(id.as_str()) {
+                    // Made by a `cgjob job create` that did not go through the daemon. Its
+                    // owner record is written just after the mkdir: read when needed.
+                    self.watch(&id, None);
+                    self.emit("created", id.as_str(), None, Value::Null);
+                } else if mask & libc::IN_DELETE != 0 && self.jobs.contains_key(id.as_str()) {
+                    self.removed(id.as_str());
+                }
+            }
+        }
+    }
+
+    fn removed(&mut self, id: &str) {
+        let uid = self.jobs.get(id).and_then(|w| w.uid);
+        self.unwatch(id);
+        tracing::info!(job = %id, "job cgroup removed");
+        self.emit("removed", id, uid, Value::Null);
+    }
+
+    fn watch(&mut self, id: &JobId, uid: Option<u32>) {
+        if let Some(w) = self.jobs.get_mut(id.as_str()) {
+            w.uid = uid;
+            return;
+        }
+        let cg = batch::job_cgroup(&self.cfg.parent, id);
+        let events = match EventsFile::open(cg.path()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "cannot watch the job");
+                return;
+            }
+        };
+        let populated = events.read().map(|e| e.populated).unwrap_or(false);
+        self.next += 1;
+        let token = JOB + self.next;
+        if let Err(e) = self
+            .epoll
+            .add(events.fd(), EpollEvent::new(EpollFlags::EPOLLPRI, token))
+        {
+            tracing::warn!(job = %id, error = %e, "cannot watch the job");
+            return;
+        }
+        self.dirty = true;
+        self.job_tokens.insert(token, id.to_string());
+        self.jobs.insert(
+            id.to_string(),
+            Watched {
+                uid,
+                events,
+                populated,
+                token,
+                cleaning: false,
+            },
+        );
+    }
+
+    fn unwatch(&mut self, id: &str) {
+        if let Some(w) = self.jobs.remove(id) {
+            self.dirty = true;
+            let _ = self.epoll.delete(w.events.fd());
+            self.job_tokens.remove(&w.token);
+        }
+    }
+
+    /// Serve until SIGTERM or SIGINT. Jobs are left running: stopping the daemon never kills
+    /// them, and the next daemon adopts them.
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        let mut events = vec![EpollEvent::empty(); 64];
+        loop {
+            // Before blocking: whatever the last batch of events changed.
+            if self.dirty {
+                self.write_metrics();
+            }
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(sys("epoll_wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    LISTENER => self.accept(),
+                    SIGNALS => {
+                        if let Ok(Some(si)) = self.signals.read_signal() {
+                            tracing::info!(signal = si.ssi_signo, "stopping; jobs keep running");
+                            let _ = std::fs::remove_file(&self.cfg.socket);
+                            return Ok(());
+                        }
+                    }
+                    WAKE => self.finish_cleanups(),
+                    PARENT_DIR => self.parent_changed(),
+                    t if t >= JOB => self.job_changed(t),
+                    t => self.client_ready(t, ev.events()),
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Out of descriptors (EMFILE, ENFILE): stop listening until a client
+                    // leaves — the listener stays readable, and level-triggered epoll would
+                    // spin. The connections wait in the backlog meanwhile.
+                    tracing::warn!(error = %e, clients = self.clients.len(), "cannot accept a connection; pausing until a client leaves");
+                    if self.epoll.delete(self.listener.as_fd()).is_ok() {
+                        self.paused = true;
+                    }
+                    return;
+                }
+            };
+            let peer = match auth::peer_of(stream.as_fd()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no peer credentials; connection closed");
+                    continue;
+                }
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.next += 1;
+            let token = CLIENT + self.next;
+            let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+            if self
+                .epoll
+                .add(stream.as_fd(), EpollEvent::new(flags, token))
+                .is_err()
+            {
+                continue;
+            }
+            tracing::debug!(uid = peer.uid, pid = peer.pid, "client connected");
+            self.clients.insert(
+                token,
+                Client {
+                    stream,
+                    peer,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    writing: false,
+                    subscribed: false,
+                    discarding: false,
+                    eof: false,
+                    pending: 0,
+                },
+            );
+        }
+    }
+
+    fn drop_client(&mut self, token: u64) {
+        if let Some(c) = self.clients.remove(&token) {
+            let _ = self.epoll.delete(c.stream.as_fd());
+            drop(c);
+            if self.paused {
+                let ev = EpollEvent::new(EpollFlags::EPOLLIN, LISTENER);
+                self.paused = self.epoll.add(self.listener.as_fd(), ev).is_err();
+            }
+        }
+    }
+
+    fn client_ready(&mut self, token: u64, flags: EpollFlags) {
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush(token);
+        }
+        if !flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
+            return;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        // A bounded number of reads per wake-up, so that one client streaming without pause
+        // cannot starve the others (epoll is level-triggered: the rest is read next time).
+        for _ in 0..32 {
+            let Some(c) = self.clients.get_mut(&token) else {
+                return;
+            };
+            if c.eof {
+                return;
+            }
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    // The client is done sending (`echo … | nc -U` shuts down its side): a
+                    // last line without its newline still counts, and the replies still go
+                    // out, a cleanup's when it ends.
+                    c.eof = true;
+                    if !c.input.is_empty() && !c.discarding {
+                        c.input.push(b'\n');
+                    }
+                    self.serve_lines(token);
+                    self.flush(token);
+                    return;
+                }
+                Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_client(token);
+                    return;
+                }
+            }
+            self.serve_lines(token);
+        }
+    }
+
+    /// Answer every complete line in the client's input. An oversized line is answered with
+    /// an error as soon as it passes the limit, and the rest of it, up to its newline, is
+    /// discarded as it arrives; the connection then goes on.
+    fn serve_lines(&mut self, token: u64) {
+        loop {
+            let Some(c) = self.clients.get_mut(&token) else {
+                return;
+            };
+            let nl = c.input.iter().position(|b| *b == b'\n');
+            if c.discarding {
+                match nl {
+                    Some(nl) => {
+                        c.input.drain(..=nl);
+                        c.discarding = false;
+                        continue;
+                    }
+                    None => {
+                        c.input.clear();
+                        return;
+                    }
+                }
+            }
+            let Some(nl) = nl.filter(|nl| *nl <= MAX_LINE) else {
+                if c.input.len() > MAX_LINE {
+                    c.discarding = true;
+                    let uid = c.peer.uid;
+                    tracing::warn!(uid, "request line over {MAX_LINE} bytes; discarded");
+                    let r = protocol::error_reply(&format!(
+                        "request longer than {MAX_LINE} bytes; discarded up to its end"
+                    ));
+                    self.send(token, r.as_bytes());
+                    continue;
+                }
+                return;
+            };
+            let line: Vec<u8> = c.input.drain(..=nl).take(nl).collect();
+            let peer = c.peer;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let reply = match protocol::parse_request(&line) {
+                Ok(req) => self.handle(token, &peer, req),
+                Err(e) => {
+                    self.metrics.requests_refused += 1;
+                    self.dirty = true;
+                    Some(protocol::error_reply(&e))
+                }
+            };
+            if let Some(r) = reply {
+                self.send(token, r.as_bytes());
+            }
+        }
+    }
+
+    /// Queue bytes for a client and write what the socket takes now.
+    fn send(&mut self, token: u64, bytes: &[u8]) {
+        let Some(c) = self.clients.get_mut(&token) else {
+            return;
+        };
+        if c.output.len() + bytes.len() > MAX_OUTPUT {
+            tracing::warn!(
+                uid = c.peer.uid,
+                "client does not read its replies; dropped"
+            );
+            self.drop_client(token);
+            return;
+        }
+        c.output.extend_from_slice(bytes);
+        self.flush(token);
+    }
+
+    fn flush(&mut self, token: u64) {
+        let Some(c) = self.clients.get_mut(&token) else {
+            return;
+        };
+        while !c.output.is_empty() {
+            match c.stream.write(&c.output) {
+                Ok(n) => {
+                    c.output.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.drop_client(token);
+                    return;
+                }
+            }
+        }
+        let want = !c.output.is_empty();
+        if c.eof {
+            if !want && c.pending == 0 && !c.subscribed {
+                self.drop_client(token);
+                return;
+            }
+            // At EOF the socket stays readable for good: only ask for what is still to
+            // write, or nothing (level-triggered EPOLLIN would spin).
+            let flags = if want {
+                EpollFlags::EPOLLOUT
+            } else {
+                EpollFlags::empty()
+            };
+            c.writing = want;
+            let _ = self
+                .epoll
+                .modify(c.stream.as_fd(), &mut EpollEvent::new(flags, token));
+        } else if want != c.writing {
+            c.writing = want;
+            let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+            if want {
+                flags |= EpollFlags::EPOLLOUT;
+            }
+            let _ = self
+                .epoll
+                .modify(c.stream.as_fd(), &mut EpollEvent::new(flags, token));
+        }
+    }
+
+    /// An event to every subscriber allowed to see the job (root, and the job's owner).
+    fn emit(&mut self, event: &str, id: &str, owner: Option<u32>, extra: Value) {
+        let owner = owner.or_else(|| self.owner_uid(id));
+        let line = protocol::event_line(event, id, extra);
+        let to: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.subscribed && (c.peer.is_root() || Some(c.peer.uid) == owner))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in to {
+            self.send(t, line.as_bytes());
+        }
+    }
+
+    fn job_changed(&mut self, token: u64) {
+        let Some(id) = self.job_tokens.get(&token).cloned() else {
+            return;
+        };
+        let uid = self.jobs.get(&id).and_then(|w| w.uid);
+        let uid = uid.or_else(|| self.owner_uid(&id));
+        let Some(w) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        w.uid = uid;
+        match w.events.read() {
+            Ok(ev) if ev.populated != w.populated => {
+                w.populated = ev.populated;
+                self.dirty = true;
+                let uid = w.uid;
+                let name = if ev.populated { "populated" } else { "empty" };
+                tracing::info!(job = %id, "job is {name}");
+                self.emit(name, &id, uid, Value::Null);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // Removed behind the daemon's back (`cgjob job cleanup` run directly, gc):
+                // a removed cgroup's file reports errors from now on, so stop watching it.
+                if !e.is_gone() {
+                    tracing::warn!(job = %id, error = %e, "cannot read cgroup.events");
+                }
+                self.removed(&id);
+            }
+        }
+    }
+
+    /// The uid recorded on a job's cgroup, if any.
+    fn owner_uid(&self, id: &str) -> Option<u32> {
+        let id = JobId::parse(id).ok()?;
+        let cg = batch::job_cgroup(&self.cfg.parent, &id);
+        meta::read(&cg).ok().flatten().map(|m| m.uid)
+    }
+
+    /// The job's owner from its record on the cgroup; `Err` if the job has no cgroup.
+    fn owner(&self, id: &JobId) -> Result<(Cgroup, Option<u32>), String> {
+        let cg = batch::job_cgroup(&self.cfg.parent, id);
+        if !cg.path().is_dir() {
+            // Worded as `cgjob job` words it when acting directly.
+            return Err(format!(
+                "no cgroup for job {id} in {} (was `cgjob job create` run for it?)",
+                self.cfg.parent.display()
+            ));
+        }
+        let owner = meta::read(&cg).ok().flatten().map(|m| m.uid);
+        Ok((cg, owner))
+    }
+
+    /// Answer one request; `None` when the reply comes later (cleanup).
+    fn handle(&mut self, token: u64, peer: &Peer, req: Request) -> Option<String> {
+        let span = tracing::info_span!("request", uid = peer.uid, pid = peer.pid);
+        let _g = span.enter();
+        let r = self.handle_inner(token, peer, req);
+        self.dirty = true;
+        match &r {
+            Ok(_) => self.metrics.requests_ok += 1,
+            Err(_) => self.metrics.requests_refused += 1,
+        }
+        match r {
+            Ok(Some(v)) => Some(protocol::ok_reply(v)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::info!(error = %e, "request refused");
+                Some(protocol::error_reply(&e))
+            }
+        }
+    }
+
+    fn handle_inner(
+        &mut self,
+        token: u64,
+        peer: &Peer,
+        req: Request,
+    ) -> Result<Option<Value>, String> {
+        match req {
+            Request::Create {
+                job_id,
+                uid,
+                scheduler,
+            } => {
+                let uid = uid.unwrap_or(peer.uid);
+                auth::may_create_for(peer, uid)?;
+                // An existing cgroup of the same id is reused, and whatever runs in it killed
+                // as stale: only its owner (or root) may do that.
+                if let Ok((_, owner)) = self.owner(&job_id) {
+                    auth::may_act_on(peer, job_id.as_str(), owner)?;
+                }
+                let c = cleanup::create(&self.cfg.parent, &job_id, scheduler, uid)
+                    .map_err(|e| crate::commands::error_line(&e))?;
+                self.watch(&job_id, Some(uid));
+                self.metrics.jobs_created += 1;
+                self.emit(
+                    "created",
+                    job_id.as_str(),
+                    Some(uid),
+                    json!({"uid": uid, "stale": c.stale.len()}),
+                );
+                if !c.stale.is_empty() {
+                    self.emit(
+                        "leftovers",
+                        job_id.as_str(),
+                        Some(uid),
+                        json!({"leftovers": val(&c.stale)}),
+                    );
+                }
+                Ok(Some(val(&c)))
+            }
+            Request::Attach { job_id, pids } => {
+                let (cg, owner) = self.owner(&job_id)?;
+                auth::may_act_on(peer, job_id.as_str(), owner)?;
+                let mut moved = Vec::new();
+                let mut failed = Vec::new();
+                for pid in pids {
+                    let r = auth::may_move(peer, pid, procinfo::read_uid(pid)).and_then(|()| {
+                        cg.write("cgroup.procs", &pid.to_string())
+                            .map_err(|e| match e.errno() {
+                                Some(libc::ESRCH) => format!("no such process {pid}"),
+                                _ => format!("cannot move process {pid}: {}", e.source),
+                            })
+                    });
+                    match r {
+                        Ok(()) => moved.push(pid),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                if failed.is_empty() {
+                    Ok(Some(json!({"job_id": job_id.as_str(), "moved": moved})))
+                } else {
+                    Err(format!("{} (moved: {moved:?})", failed.join("; ")))
+                }
+            }
+            Request::Signal { job_id, signal } => {
+                let (cg, owner) = self.owner(&job_id)?;
+                auth::may_act_on(peer, job_id.as_str(), owner)?;
+                let sent =
+                    kill::signal_each(&cg, signal).map_err(|e| crate::commands::error_line(&e))?;
+                Ok(Some(json!({"job_id": job_id.as_str(), "signalled": sent})))
+            }
+            Request::Status { job_id } => {
+                let (cg, owner) = self.owner(&job_id)?;
+                auth::may_act_on(peer, job_id.as_str(), owner)?;
+                let mut t = Tracker::cgroup_only();
+                t.scan(&cg).map_err(|e| crate::commands::error_line(&e))?;
+                Ok(Some(json!({
+                    "job_id": job_id.as_str(),
+                    "cgroup": cg.path(),
+                    "owner": val(&meta::read(&cg).ok().flatten()),
+                    "processes": val(&t.leftovers),
+                    "cleaning": self.jobs.get(job_id.as_str()).is_some_and(|w| w.cleaning),
+                })))
+            }
+            Request::List => Ok(Some(json!({"jobs": self.list(peer)}))),
+            Request::Hello => Ok(Some(json!({
+                "daemon": concat!("cgjob ", env!("CARGO_PKG_VERSION")),
+                "parent": self.cfg.parent,
+            }))),
+            Request::Subscribe => {
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.subscribed = true;
+                }
+                Ok(Some(json!({"subscribed": true})))
+            }
+            Request::Cleanup {
+                job_id,
+                grace,
+                kill_timeout,
+            } => {
+                // A job without a cgroup is clean already: the cleanup finds nothing and says
+                // so, as an epilog run twice expects.
+                let owner = match self.owner(&job_id) {
+                    Ok((_, owner)) => {
+                        auth::may_act_on(peer, job_id.as_str(), owner)?;
+                        owner
+                    }
+                    Err(_) => None,
+                };
+                if self.jobs.get(job_id.as_str()).is_some_and(|w| w.cleaning) {
+                    return Err(format!("job {job_id}: a cleanup is already running"));
+                }
+                let spec = CleanupSpec {
+                    grace,
+                    kill_timeout,
+                    sweep: None,
+                    spare_ancestors_to: None,
+                };
+                let parent = self.cfg.parent.clone();
+                let tx = self.done_tx.clone();
+                let mut wake = self
+                    .wake_tx
+                    .try_clone()
+                    .map_err(|e| format!("cannot start the cleanup: {e}"))?;
+                let id = job_id.clone();
+                std::thread::Builder::new()
+                    .name(format!("cleanup-{job_id}"))
+                    .spawn(move || {
+                        let result = cleanup::cleanup(&parent, &id, &spec)
+                            .map_err(|e| crate::commands::error_line(&e));
+                        let _ = tx.send(Done {
+                            client: token,
+                            id,
+                            uid: owner,
+                            result,
+                        });
+                        let _ = wake.write_all(b"x");
+                    })
+                    .map_err(|e| format!("cannot start the cleanup: {e}"))?;
+                if let Some(w) = self.jobs.get_mut(job_id.as_str()) {
+                    w.cleaning = true;
+                }
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.pending += 1;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn list(&self, peer: &Peer) -> Vec<Value> {
+        let mut jobs = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.cfg.parent) else {
+            return jobs;
+        };
+        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+            let cg = Cgroup::at(e.path());
+            let Some(m) = meta::read(&cg).ok().flatten().filter(|m| m.is_batch()) else {
+                continue;
+            };
+            if !peer.is_root() && m.uid != peer.uid {
+                continue;
+            }
+            jobs.push(json!({
+                "job_id": m.job_id.clone().unwrap_or_default(),
+                "cgroup": cg.path(),
+                "scheduler": m.scheduler,
+                "uid": m.uid,
+                "created": m.created,
+                "processes": cg.procs_recursive().map(|p| p.len()).unwrap_or(0),
+                "watched": m.job_id.as_deref().is_some_and(|j| self.jobs.contains_key(j)),
+            }));
+        }
+        jobs.sort_by(|a, b| a["job_id"].as_str().cmp(&b["job_id"].as_str()));
+        jobs
+    }
+
+    fn finish_cleanups(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(self.wake_rx.read(&mut buf), Ok(n) if n > 0) {}
+        while let Ok(d) = self.done_rx.try_recv() {
+            let id = d.id.to_string();
+            if let Some(w) = self.jobs.get_mut(&id) {
+                w.cleaning = false;
+            }
+            self.dirty = true;
+            let reply = match &d.result {
+                Ok(c) => {
+                    let m = &mut self.metrics;
+                    if c.unkillable {
+                        m.cleanups_unkillable += 1;
+                    } else {
+                        m.cleanups_clean += 1;
+                    }
+                    m.cleanup_seconds_sum += c.duration_ms / 1000.0;
+                    m.leftovers_found += c.leftovers.len() as u64;
+                    m.leftovers_killed += c
+                        .leftovers
+                        .iter()
+                        .filter(|l| matches!(l.ended_by, Some(EndedBy::Killed)))
+                        .count() as u64;
+                    let v = serde_json::to_value(c).expect("serializes");
+                    let rec = json!({"time": now(), "kind": "cleanup", "uid": d.uid, "result": v});
+                    if let Err(e) = self.cfg.results.append(&rec) {
+                        tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
+                    }
+                    if !c.leftovers.is_empty() {
+                        self.emit(
+                            "leftovers",
+                            &id,
+                            d.uid,
+                            json!({"leftovers": v["leftovers"]}),
+                        );
+                    }
+                    self.emit(
+                        "cleaned",
+                        &id,
+                        d.uid,
+                        json!({"removed": c.cgroup_removed, "unkillable": c.unkillable}),
+                    );
+                    if c.cgroup_removed {
+                        self.unwatch(&id);
+                    }
+                    protocol::ok_reply(v)
+                }
+                Err(e) => {
+                    self.metrics.cleanups_failed += 1;
+                    protocol::error_reply(e)
+                }
+            };
+            if let Some(c) = self.clients.get_mut(&d.client) {
+                c.pending -= 1;
+            }
+            self.send(d.client, reply.as_bytes());
+        }
+    }
+}
+
+/// An inotify descriptor watching `dir` for subdirectories made and removed.
+fn watch_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: inotify_init1 with flags; the fd is owned right away.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor of ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_ONLYDIR;
+    // SAFETY: a valid C string path.
+    if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// The (mask, name) of each `struct inotify_event` in a read buffer.
+fn inotify_events(mut buf: &[u8]) -> Vec<(u32, String)> {
+    const HEAD: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut out = Vec::new();
+    while buf.len() >= HEAD {
+        let mask = u32::from_ne_bytes(buf[4..8].try_into().expect("4 bytes"));
+        let len = u32::from_ne_bytes(buf[12..16].try_into().expect("4 bytes")) as usize;
+        let Some(name) = buf.get(HEAD..HEAD + len) else {
+            break;
+        };
+        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+        out.push((mask, String::from_utf8_lossy(name).into_owned()));
+        buf = &buf[HEAD + len..];
+    }
+    out
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn val<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("serializes")
+}
