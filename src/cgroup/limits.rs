@@ -196,17 +196,40 @@ pub(crate) fn read_key(cg: &Cgroup, name: &str, key: &str) -> Option<u64> {
         .map(|(_, v)| v)
 }
 
-/// Usage as a v2 cgroup shows it (the files exist only where the controller is enabled).
+/// Usage as a v2 cgroup shows it. The memory and pids files exist only where the controller
+/// is enabled, so `cgroup.controllers` is read first rather than opening files that are not
+/// there (this runs at the end of every job); each file is read once.
 pub fn usage_v2(cg: &Cgroup) -> Usage {
-    Usage {
-        memory_peak_bytes: read_u64(cg, "memory.peak"),
-        oom_events: read_key(cg, "memory.events", "oom"),
-        oom_kills: read_key(cg, "memory.events", "oom_kill"),
-        pids_peak: read_u64(cg, "pids.peak"),
-        pids_max_hits: read_key(cg, "pids.events", "max"),
-        cpu_nr_throttled: read_key(cg, "cpu.stat", "nr_throttled"),
-        cpu_throttled_usec: read_key(cg, "cpu.stat", "throttled_usec"),
+    let enabled = cg.read("cgroup.controllers").unwrap_or_default();
+    let has = |c: &str| enabled.split_whitespace().any(|x| x == c);
+    let keyed = |name: &str| -> Vec<(String, u64)> {
+        cg.read(name)
+            .map(|t| {
+                file::parse_flat_keyed(&t)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let key = |kv: &[(String, u64)], k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    let mut u = Usage::default();
+    if has("memory") {
+        let ev = keyed("memory.events");
+        u.memory_peak_bytes = read_u64(cg, "memory.peak");
+        u.oom_events = key(&ev, "oom");
+        u.oom_kills = key(&ev, "oom_kill");
     }
+    if has("pids") {
+        u.pids_peak = read_u64(cg, "pids.peak");
+        u.pids_max_hits = key(&keyed("pids.events"), "max");
+    }
+    if has("cpu") {
+        let st = keyed("cpu.stat");
+        u.cpu_nr_throttled = key(&st, "nr_throttled");
+        u.cpu_throttled_usec = key(&st, "throttled_usec");
+    }
+    u
 }
 
 #[cfg(test)]
@@ -278,6 +301,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("memory.high"), "{e}");
+        // Without the controllers enabled, their files are not even looked for.
+        assert_eq!(usage_v2(&cg), Usage::default());
 
         std::fs::write(cg.file("memory.peak"), "33554432\n").unwrap();
         std::fs::write(
@@ -286,6 +311,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(cg.file("pids.events"), "max 3\n").unwrap();
+        // As the kernel shows it: the controllers enabled for this cgroup.
+        std::fs::write(cg.file("cgroup.controllers"), "memory pids\n").unwrap();
         let u = usage_v2(&cg);
         assert_eq!(
             u,
