@@ -195,7 +195,9 @@ impl Cgroup {
         self.write("cgroup.subtree_control", &data.join(" "))
     }
 
-    /// Move a process (0: the caller) into this cgroup.
+    /// Move a process, all its threads, into this cgroup (`0`: the caller). cgroup v2 allows
+    /// it only to someone who may write `cgroup.procs` of the common ancestor of the
+    /// process's old and new cgroup; ESRCH (`errno()`) when there is no such process.
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupFsError> {
         self.write("cgroup.procs", &pid.to_string())
     }

@@ -1,8 +1,6 @@
 //! `cgjob job …`: the commands a batch scheduler's prolog, task launcher and epilog call,
 //! keyed by the scheduler's job id.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -179,23 +177,15 @@ fn exec(a: JobExecArgs) -> Result<i32, Failure> {
 
 /// Joined: now become the command (nothing of cgjob stays around).
 fn exec_command(command: &[std::ffi::OsString]) -> Result<i32, Failure> {
-    let argv: Vec<CString> = command
-        .iter()
-        .map(|s| CString::new(s.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| Failure(exit::USAGE, "an argument contains a NUL byte".into()))?;
-    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    // SAFETY: a NULL-terminated argv of valid C strings; execvp returns only on failure.
-    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
-    let e = std::io::Error::last_os_error();
-    let name = command[0].to_string_lossy();
-    Err(match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
-            Failure(exit::NOT_FOUND, format!("command not found: {name}"))
-        }
-        _ => Failure(exit::NOT_EXECUTABLE, format!("cannot execute {name}: {e}")),
-    })
+    use crate::process::spawn::{exec_in_place, SpawnError};
+    let e = exec_in_place(command);
+    let status = match e {
+        SpawnError::NotFound(_) => exit::NOT_FOUND,
+        SpawnError::NotExecutable { .. } => exit::NOT_EXECUTABLE,
+        SpawnError::Invalid(_) => exit::USAGE,
+        _ => exit::FAILURE,
+    };
+    Err(Failure(status, super::error_line(&e)))
 }
 
 fn attach(a: JobAttachArgs) -> Result<i32, Failure> {
@@ -208,7 +198,7 @@ fn attach(a: JobAttachArgs) -> Result<i32, Failure> {
     let cg = existing(&parent, &id)?;
     let mut failed = false;
     for pid in a.pids {
-        if let Err(e) = cg.write("cgroup.procs", &pid.to_string()) {
+        if let Err(e) = cg.add_process(pid) {
             let why = match e.errno() {
                 Some(libc::ESRCH) => "no such process".to_string(),
                 _ => e.source.to_string(),

@@ -766,11 +766,10 @@ impl Daemon {
                 let mut failed = Vec::new();
                 for pid in pids {
                     let r = auth::may_move(peer, pid, procinfo::read_uid(pid)).and_then(|()| {
-                        cg.write("cgroup.procs", &pid.to_string())
-                            .map_err(|e| match e.errno() {
-                                Some(libc::ESRCH) => format!("no such process {pid}"),
-                                _ => format!("cannot move process {pid}: {}", e.source),
-                            })
+                        cg.add_process(pid).map_err(|e| match e.errno() {
+                            Some(libc::ESRCH) => format!("no such process {pid}"),
+                            _ => format!("cannot move process {pid}: {}", e.source),
+                        })
                     });
                     match r {
                         Ok(()) => moved.push(pid),

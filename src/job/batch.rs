@@ -99,7 +99,7 @@ pub fn job_cgroup(parent: &Path, id: &JobId) -> Cgroup {
 /// before the task execs. Returns the cgroup's path.
 pub fn join(parent: &Path, id: &JobId) -> Result<PathBuf, CgroupFsError> {
     let cg = job_cgroup(parent, id);
-    cg.write("cgroup.procs", "0")?;
+    cg.add_process(0)?;
     Ok(cg.path().to_owned())
 }
 

@@ -285,6 +285,35 @@ impl Started {
     }
 }
 
+/// Replace the calling process with `argv` (searched in PATH as `execvp` does): what a job
+/// wrapper does once it has joined its cgroup. Returns only on failure, with the reason.
+pub fn exec_in_place(argv: &[OsString]) -> SpawnError {
+    let program = match argv.first() {
+        Some(p) if !p.is_empty() => p.to_string_lossy().into_owned(),
+        _ => return SpawnError::Invalid("empty command".into()),
+    };
+    let argv_c: Vec<CString> = match argv
+        .iter()
+        .map(|a| cstr(a.as_bytes(), "an argument"))
+        .collect()
+    {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let mut ptrs: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: a NULL-terminated argv of valid C strings; execvp returns only on failure.
+    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => SpawnError::NotFound(program),
+        _ => SpawnError::NotExecutable {
+            program,
+            source: err,
+        },
+    }
+}
+
 /// clone3 errors that mean "this kernel or sandbox will not put a child into a cgroup this
 /// way": no clone3 (ENOSYS, < 5.3), no `cgroup` field (E2BIG, 5.3–5.6), a threaded or invalid
 /// target (EOPNOTSUPP, EINVAL, EBUSY), or a seccomp filter (EPERM). Resource shortages are

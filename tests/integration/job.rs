@@ -10,13 +10,7 @@ use crate::util::*;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn job(t: &TestJob, args: &[&str]) -> Command {
-    let mut c = t.cgjob();
-    c.arg("job")
-        .arg(args[0])
-        .arg("--parent")
-        .arg(&t.parent)
-        .args(&args[1..]);
-    c
+    t.job_cmd(args)
 }
 
 fn cg(t: &TestJob, id: &str) -> std::path::PathBuf {
@@ -352,13 +346,7 @@ fn cleanup_of_a_job_that_forks_while_being_killed() {
 #[test]
 fn cleanup_reports_unkillable_with_its_own_status() {
     let mut t = TestJob::new("junkill");
-    let frz = Path::new("/sys/fs/cgroup/freezer").join(format!("cgjob-test-{}", t.name));
-    assert!(
-        Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists(),
-        "needs the v1 freezer (hybrid host)"
-    );
-    std::fs::create_dir_all(&frz).unwrap();
-    t.on_drop_remove(frz.clone());
+    let frz = t.v1_freezer();
     assert_eq!(
         code(&run_bounded(job(&t, &["create", "--job-id", "601"]), LIMIT)),
         0

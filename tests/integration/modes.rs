@@ -449,13 +449,7 @@ impl Drop for ThawOnDrop {
 #[test]
 fn subreaper_reports_unkillable_processes() {
     let mut t = TestJob::new("sr-unkillable");
-    let frz = Path::new("/sys/fs/cgroup/freezer").join(format!("cgjob-test-{}", t.name));
-    assert!(
-        Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists(),
-        "this test needs the v1 freezer (hybrid host)"
-    );
-    std::fs::create_dir_all(&frz).unwrap();
-    t.on_drop_remove(frz.clone());
+    let frz = t.v1_freezer();
     let _thaw = ThawOnDrop(frz.clone());
     let script = t.script(
         "job.sh",

@@ -331,15 +331,7 @@ fn wait_policy_is_bounded_by_the_timeout() {
 #[test]
 fn unkillable_process_is_reported_and_its_cgroup_left_for_gc() {
     let mut t = TestJob::new("unkillable");
-    // A task frozen by the cgroup v1 freezer ignores SIGKILL (state D) until thawed: a real
-    // unkillable process, made on demand.
-    let frz = Path::new("/sys/fs/cgroup/freezer").join(format!("cgjob-test-{}", t.name));
-    assert!(
-        Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists(),
-        "this test needs the v1 freezer (hybrid host)"
-    );
-    std::fs::create_dir_all(&frz).unwrap();
-    t.on_drop_remove(frz.clone());
+    let frz = t.v1_freezer();
     let script = format!(
         "bash -c 'echo $BASHPID > {}/cgroup.procs; echo $BASHPID > $TMPD/pids; exec sleep 1050 </dev/null >/dev/null 2>&1' & sleep 0.3; exit 0",
         frz.display()

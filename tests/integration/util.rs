@@ -113,6 +113,32 @@ impl TestJob {
         p
     }
 
+    /// `cgjob job <sub> --parent <ours> <args…>` with the marker set.
+    pub fn job_cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.cgjob();
+        c.arg("job")
+            .arg(args[0])
+            .arg("--parent")
+            .arg(&self.parent)
+            .args(&args[1..]);
+        c
+    }
+
+    /// A cgroup of the v1 freezer for this test, removed at the end. A task it freezes ignores
+    /// SIGKILL (state D) until thawed: a real unkillable process, made on demand. Needs a
+    /// hybrid host; fails where there is none.
+    pub fn v1_freezer(&mut self) -> PathBuf {
+        let v1 = Path::new("/sys/fs/cgroup/freezer");
+        assert!(
+            v1.join("cgroup.procs").exists(),
+            "this test needs the v1 freezer (hybrid host)"
+        );
+        let frz = v1.join(format!("cgjob-test-{}", self.name));
+        std::fs::create_dir_all(&frz).unwrap();
+        self.on_drop_remove(frz.clone());
+        frz
+    }
+
     /// A cgroup v1 directory the test made (a safety net): emptied and removed at the end.
     pub fn on_drop_remove(&mut self, v1: PathBuf) {
         self.v1_cgroups.push(v1);
