@@ -144,15 +144,33 @@ pub fn cleanup(parent: &Path, id: &JobId, spec: &CleanupSpec) -> Result<Cleaned,
         _ => Vec::new(),
     };
 
-    // Record and SIGTERM: the cgroup's processes, and the sweep's.
+    // Record the cgroup's processes and the sweep's, then SIGTERM them all at once: frozen
+    // while the signals go out (and what was born meanwhile is recorded), so that the thaw
+    // delivers them together and no process acts on another's death first.
     if exists {
         let found = t.snapshot(&cg)?;
-        t.describe(found, Some(libc::SIGTERM));
+        t.describe(found, None);
     }
     if let Some(sw) = &spec.sweep {
         let outside = find_outside(sw, &cg);
         let found = t.found_outside(&outside);
-        t.describe(found, Some(libc::SIGTERM));
+        t.describe(found, None);
+    }
+    let frozen = match &events {
+        Some(ev) if cg.has_file("cgroup.freeze") => {
+            kill::freeze(&cg, ev, Instant::now() + Duration::from_millis(500))?;
+            let late = t.snapshot(&cg);
+            if let Ok(found) = late {
+                t.describe(found, None);
+            }
+            true
+        }
+        _ => false,
+    };
+    t.signal_all(libc::SIGTERM, true);
+    t.continue_stopped();
+    if frozen {
+        kill::thaw(&cg)?;
     }
     let mut method = None;
     let mut clean = wait_gone(events.as_ref(), &t, Instant::now() + spec.grace)?;
@@ -201,7 +219,7 @@ fn spare_ancestors(cg: &Cgroup, to: &Cgroup) -> Result<Vec<i32>, JobError> {
     let mut moved = Vec::new();
     let mut pid = std::process::id() as i32;
     while pid > 1 && inside.contains(&pid) {
-        to.write("cgroup.procs", &pid.to_string())?;
+        to.add_process(pid)?;
         moved.push(pid);
         match procinfo::read_stat(pid) {
             Some(st) => pid = st.ppid,

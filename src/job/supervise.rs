@@ -681,33 +681,38 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// Record every process of the job as it is now, and with `sig`, ask them all to leave:
-    /// each is described, then signalled, one after the other, so that describing the next
-    /// ones overlaps with the first ones leaving, and none is signalled before it has been
-    /// described. SIGCONT follows `sig` for stopped processes, so that they act on it (as
-    /// systemd does).
-    ///
-    /// The job is not frozen for this: freezing and thawing wakes every task twice (~20 ms
-    /// for 1000 here), and nothing depends on the list being complete — the list is taken
-    /// again after signalling, to catch forks that were under way, and whatever is still
-    /// there at the end of the grace period is found by the kill pass, which does freeze.
+    /// Record every process of the job as it is now, and with `sig`, ask them all to leave —
+    /// at once. The processes are described while they run (no freeze: freezing wakes every
+    /// task, ~20 ms for 1000 here); then, for the signal only, the cgroup is frozen, what was
+    /// born meanwhile is recorded too, everything gets `sig` (and SIGCONT if stopped, as
+    /// systemd does), and the thaw delivers it to all together. Signalled one by one while
+    /// running, a parent would see its child die of the signal and act on it first (a
+    /// `(sleep; echo late)` printing "late") — the job would not be asked to leave as a whole.
+    /// Without a cgroup there is no freezer: a second look catches forks under way.
     fn record_all(&mut self, sig: Option<i32>) -> Result<(), RunError> {
-        const ROUNDS: usize = 3;
-        let mut total = 0;
-        for round in 0..ROUNDS {
-            let found = self.tracker.snapshot_in(&self.scope, round == 0)?;
-            if found.is_empty() {
-                break;
-            }
-            total += self.tracker.describe(found, sig);
-            if sig.is_none() {
-                break;
-            }
-        }
+        let mut total = {
+            let found = self.tracker.snapshot_in(&self.scope, true)?;
+            self.tracker.describe(found, None)
+        };
         if let Some(sig) = sig {
-            // Those recorded earlier (a snapshot at main's exit, `--leftovers wait`).
+            let frozen = match &self.cgroup {
+                Some(c) if c.cg.has_file("cgroup.freeze") => {
+                    kill::freeze(c.cg, c.events, Instant::now() + FREEZE_WAIT)?;
+                    Some(c.cg)
+                }
+                _ => None,
+            };
+            // Born since the look above (the fork under way), before anyone is signalled.
+            let late = self
+                .tracker
+                .snapshot_in(&self.scope, false)
+                .map(|found| self.tracker.describe(found, None));
             self.tracker.signal_all(sig, true);
             self.tracker.continue_stopped();
+            if let Some(cg) = frozen {
+                kill::thaw(cg)?;
+            }
+            total += late?;
         }
         tracing::info!(
             new = total,

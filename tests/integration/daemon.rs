@@ -236,9 +236,23 @@ fn create_attach_status_signal_cleanup_through_the_socket() {
         "no cgroup for job 7",
     );
 
-    // The metrics file counts it all. It is rewritten before the daemon next blocks: once
-    // a later request is answered, what came before is in it.
+    // The metrics file counts it all. It is rewritten before the daemon next blocks; a
+    // textfile for node_exporter is read whenever, so allow it a moment (bounded) to catch up
+    // with the refusal just answered, then check every figure.
     ok(&c.rq(json!({"v":1,"op":"list"})));
+    t.wait_for(
+        "the metrics file to count the refused request",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(t.path("cgjob.prom")).is_ok_and(|p| {
+                p.lines().any(|l| {
+                    l.strip_prefix("cgjob_requests_total{result=\"error\"} ")
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 1.0)
+                })
+            })
+        },
+    );
     let prom = std::fs::read_to_string(t.path("cgjob.prom")).unwrap();
     let sample = |name: &str| -> f64 {
         prom.lines()
@@ -621,15 +635,7 @@ fn jobs_made_and_removed_without_the_daemon_are_followed() {
     let d = Daemon::start(&t);
     let mut ev = d.conn();
     ok(&ev.rq(json!({"v":1,"op":"subscribe"})));
-    let cli = |args: &[&str]| {
-        let mut c = t.cgjob();
-        c.arg("job")
-            .arg(args[0])
-            .arg("--parent")
-            .arg(&t.parent)
-            .args(&args[1..]);
-        c
-    };
+    let cli = |args: &[&str]| t.job_cmd(args);
     let o = run_bounded(
         cli(&["create", "--job-id", "ext", "--uid", "65534"]),
         IO_LIMIT,
