@@ -416,6 +416,16 @@ pub struct JobCreateArgs {
     #[arg(long, value_enum)]
     pub scheduler: Option<crate::job::batch::Scheduler>,
 
+    /// A wall-clock limit for the job, from now (e.g. 90m, 2h): when it passes, the node
+    /// daemon ends the job — SIGTERM, --kill-after, kill, remove. Recorded on the cgroup, so
+    /// it holds across daemon restarts; enforced only while a daemon runs.
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// With --timeout: the grace between the SIGTERM and the kill.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = config::parse_duration, requires = "timeout")]
+    pub kill_after: Duration,
+
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

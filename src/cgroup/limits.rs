@@ -78,6 +78,13 @@ pub enum Controller {
 }
 
 impl Controller {
+    pub const ALL: [Controller; 4] = [
+        Controller::Memory,
+        Controller::Pids,
+        Controller::Cpu,
+        Controller::Cpuset,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Controller::Memory => "memory",

@@ -1,11 +1,14 @@
 //! `cgjob daemon`: the node daemon (see `crate::daemon`). Thin: flags → config, start, serve.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueHint};
 
+use crate::cgroup::Cgroup;
 use crate::cli::PlaceArgs;
 use crate::daemon::metrics::MetricsFile;
+use crate::daemon::police::{self, Policy};
 use crate::daemon::results::{ResultsLog, DEFAULT_MAX_BYTES};
 use crate::daemon::server::{Config, Daemon};
 use crate::job::place;
@@ -31,23 +34,90 @@ pub struct DaemonArgs {
     /// collector, e.g. /var/lib/prometheus/node-exporter/cgjob.prom), rewritten on change.
     #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub metrics: Option<PathBuf>,
+
+    /// Most connections one user other than root may hold open at once; more are refused.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients_per_user: u32,
+
+    /// Node policing (off unless given): processes of the --police-uids users running
+    /// outside every job cgroup are reported (in the log, the results log and to root's
+    /// subscribers), and with `kill` also killed. For nodes where users may run only inside
+    /// jobs.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub police: Option<police::Action>,
+
+    /// The uids policed, MIN-MAX.
+    #[arg(long, value_name = "MIN-MAX", default_value = "1000-60000", value_parser = police::parse_uid_range)]
+    pub police_uids: (u32, u32),
+
+    /// Commands (`comm`, as `ps -o comm` shows them) never policed; repeat or separate with
+    /// commas (e.g. sshd,systemd,sd-pam).
+    #[arg(long, value_name = "COMM", value_delimiter = ',')]
+    pub police_allow: Vec<String>,
+
+    /// Cgroups whose processes are never policed, as /proc/PID/cgroup names them (e.g.
+    /// /system.slice/sshd.service); repeatable. The job parent is always allowed.
+    #[arg(long, value_name = "CGROUP", value_parser = absolute_cgroup)]
+    pub police_allow_cgroup: Vec<PathBuf>,
+
+    /// Time between policing sweeps (at least 1s).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = at_least_a_second)]
+    pub police_interval: Duration,
+
+    /// Processes younger than this are not policed yet (a prolog may be moving them into
+    /// their job).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub police_min_age: Duration,
+}
+
+fn at_least_a_second(s: &str) -> Result<Duration, String> {
+    let d = crate::config::parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is under 1s"));
+    }
+    Ok(d)
+}
+
+fn absolute_cgroup(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!(
+            "{s:?} is not a cgroup path as /proc/PID/cgroup shows it (absolute, no ..)"
+        ));
+    }
+    Ok(p)
 }
 
 pub fn daemon(a: DaemonArgs) -> i32 {
-    let parent = match place::hierarchy(a.place.cgroup_root.as_deref())
-        .and_then(|h| place::parent_dir(&h, a.place.parent.as_deref()))
-    {
+    let (hier, parent) = match place::hierarchy(a.place.cgroup_root.as_deref()).and_then(|h| {
+        let p = place::parent_dir(&h, a.place.parent.as_deref())?;
+        Ok((h, p))
+    }) {
         Ok(p) => p,
         Err(e) => {
             super::print_error(&e);
             return exit::FAILURE;
         }
     };
+    let police = a.police.map(|action| {
+        let mut allow_cgroups = vec![place::proc_view(&hier, &Cgroup::at(&parent))];
+        allow_cgroups.extend(a.police_allow_cgroup);
+        Policy {
+            action,
+            uids: a.police_uids,
+            allow_commands: a.police_allow,
+            allow_cgroups,
+            min_age: a.police_min_age,
+            interval: a.police_interval,
+        }
+    });
     let cfg = Config {
         socket: a.socket,
         parent,
         results: ResultsLog::new(&a.results, DEFAULT_MAX_BYTES),
         metrics: a.metrics.as_deref().map(MetricsFile::new),
+        police,
+        max_clients_per_user: a.max_clients_per_user as usize,
     };
     let mut d = match Daemon::start(cfg.clone()) {
         Ok(d) => d,

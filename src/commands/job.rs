@@ -113,13 +113,34 @@ fn create(a: JobCreateArgs) -> Result<i32, Failure> {
         .uid
         .or_else(|| env("SLURM_JOB_UID")?.parse().ok())
         .unwrap_or(unsafe { libc::getuid() });
+    let timeout = match a.timeout {
+        None => None,
+        Some(t) if t.is_zero() || t > crate::daemon::protocol::MAX_TIMEOUT => {
+            return Err(Failure(
+                exit::USAGE,
+                format!(
+                    "invalid --timeout {}: must be more than 0 and at most a year",
+                    humantime::format_duration(t)
+                ),
+            ))
+        }
+        Some(t) => Some(meta::TimeLimit::new(t, a.kill_after)),
+    };
     let c: cleanup::Created = match daemon(&parent) {
-        Some(mut d) => ask(
-            &mut d,
-            json!({"v": 1, "op": "create", "job_id": id.as_str(), "uid": uid, "scheduler": scheduler}),
-            Duration::ZERO,
-        )?,
-        None => cleanup::create(&parent, &id, scheduler, uid).map_err(fail)?,
+        Some(mut d) => {
+            let mut req = json!({"v": 1, "op": "create", "job_id": id.as_str(), "uid": uid, "scheduler": scheduler});
+            if let Some(t) = timeout {
+                req["timeout_ms"] = t.after_ms.into();
+                req["kill_after_ms"] = t.kill_after_ms.into();
+            }
+            ask(&mut d, req, Duration::ZERO)?
+        }
+        None => {
+            if timeout.is_some() {
+                eprintln!("cgjob: no daemon answers on {}: the job's --timeout is recorded on its cgroup, and enforced once `cgjob daemon` runs", client::socket_path().display());
+            }
+            cleanup::create(&parent, &id, scheduler, uid, timeout).map_err(fail)?
+        }
     };
     if !c.stale.is_empty() {
         eprintln!(
@@ -157,7 +178,14 @@ fn exec(a: JobExecArgs) -> Result<i32, Failure> {
     if a.create && !batch::job_cgroup(&parent, &id).path().is_dir() {
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
-        cleanup::create(&parent, &id, from_env.unwrap_or(Scheduler::Other), uid).map_err(fail)?;
+        cleanup::create(
+            &parent,
+            &id,
+            from_env.unwrap_or(Scheduler::Other),
+            uid,
+            None,
+        )
+        .map_err(fail)?;
     }
     match batch::join(&parent, &id) {
         Ok(_) => {}

@@ -18,6 +18,11 @@ pub struct Metrics {
     pub leftovers_found: u64,
     pub leftovers_killed: u64,
     pub stale_jobs_removed: u64,
+    /// Jobs ended by the daemon because their time limit passed.
+    pub jobs_timed_out: u64,
+    /// Node policing: processes found outside every job, and how many were killed.
+    pub police_found: u64,
+    pub police_killed: u64,
     pub requests_ok: u64,
     pub requests_refused: u64,
 }
@@ -89,8 +94,26 @@ impl Metrics {
         metric(
             "stale_jobs_removed_total",
             "counter",
-            "Stale job cgroups removed at start-up.",
+            "Stale job cgroups removed (their supervisor gone, or left over from before a restart).",
             &[("", self.stale_jobs_removed.to_string())],
+        );
+        metric(
+            "jobs_timed_out_total",
+            "counter",
+            "Jobs ended because their time limit passed.",
+            &[("", self.jobs_timed_out.to_string())],
+        );
+        metric(
+            "police_processes_total",
+            "counter",
+            "Processes of policed users found running outside every job, by what was done.",
+            &[
+                (
+                    "{action=\"reported\"}",
+                    (self.police_found - self.police_killed.min(self.police_found)).to_string(),
+                ),
+                ("{action=\"killed\"}", self.police_killed.to_string()),
+            ],
         );
         metric(
             "requests_total",

@@ -15,9 +15,11 @@
 pub mod auth;
 pub mod client;
 pub mod metrics;
+pub mod police;
 pub mod protocol;
 pub mod results;
 pub mod server;
+pub mod timer;
 
 /// Tell systemd (or anything speaking the sd_notify protocol) a state change, e.g.
 /// `READY=1\nSTATUS=…`: one datagram to `$NOTIFY_SOCKET` (a path, or `@name` for the

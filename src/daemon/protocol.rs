@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::job::batch::{JobId, Scheduler};
+use crate::job::meta::TimeLimit;
 
 pub const VERSION: u64 = 1;
 
@@ -24,6 +25,9 @@ pub const MAX_PIDS: usize = 4096;
 /// Longest grace period or kill timeout a `cleanup` may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 
+/// Longest time limit a job may be given (a year).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +38,9 @@ pub enum Request {
         job_id: JobId,
         uid: Option<u32>,
         scheduler: Scheduler,
+        /// A wall-clock limit the daemon enforces: SIGTERM when it passes, kill after the
+        /// grace (`timeout_ms`, `kill_after_ms`).
+        timeout: Option<TimeLimit>,
     },
     /// Move processes into the job's cgroup.
     Attach {
@@ -99,7 +106,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         None => return Err("missing field \"op\"".into()),
     };
     let allowed: &[&str] = match op {
-        "create" => &["job_id", "uid", "scheduler"],
+        "create" => &["job_id", "uid", "scheduler", "timeout_ms", "kill_after_ms"],
         "attach" => &["job_id", "pids"],
         "signal" => &["job_id", "signal"],
         "status" => &["job_id"],
@@ -123,6 +130,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                     "field \"scheduler\" must be one of slurm, sge, pbs, other".to_string()
                 })?,
             },
+            timeout: time_limit(&o)?,
         },
         "attach" => Request::Attach {
             job_id: job_id(&o)?,
@@ -200,6 +208,20 @@ fn signal(o: &Map<String, Value>) -> Result<i32, String> {
         .map_err(|e| format!("field \"signal\": {}", truncated(&e)))
 }
 
+/// `timeout_ms` (1 ms to [`MAX_TIMEOUT`]) and its `kill_after_ms` (which needs it).
+fn time_limit(o: &Map<String, Value>) -> Result<Option<TimeLimit>, String> {
+    let after = opt_uint(o, "timeout_ms", MAX_TIMEOUT.as_millis() as u64)?;
+    let kill_after = wait(o, "kill_after_ms", DEFAULT_GRACE)?;
+    match after {
+        Some(0) => Err("field \"timeout_ms\" must be at least 1".into()),
+        Some(ms) => Ok(Some(TimeLimit::new(Duration::from_millis(ms), kill_after))),
+        None if o.contains_key("kill_after_ms") => {
+            Err("field \"kill_after_ms\" needs \"timeout_ms\"".into())
+        }
+        None => Ok(None),
+    }
+}
+
 fn wait(o: &Map<String, Value>, k: &str, default: Duration) -> Result<Duration, String> {
     Ok(opt_uint(o, k, MAX_WAIT.as_millis() as u64)?
         .map(Duration::from_millis)
@@ -239,6 +261,17 @@ pub fn event_line(event: &str, job_id: &str, extra: Value) -> String {
     line(Value::Object(m))
 }
 
+/// An event line about the node rather than a job (`police`).
+pub fn node_event_line(event: &str, extra: Value) -> String {
+    let mut m = match extra {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    m.insert("v".into(), VERSION.into());
+    m.insert("event".into(), event.into());
+    line(Value::Object(m))
+}
+
 fn line(v: Value) -> String {
     let mut s = serde_json::to_string(&v).expect("a JSON value serializes");
     s.push('\n');
@@ -263,6 +296,7 @@ mod tests {
                     job_id: id("42"),
                     uid: Some(1000),
                     scheduler: Scheduler::Other,
+                    timeout: None,
                 },
             ),
             (
@@ -271,6 +305,7 @@ mod tests {
                     job_id: id("42"),
                     uid: None,
                     scheduler: Scheduler::Slurm,
+                    timeout: None,
                 },
             ),
             (
@@ -320,6 +355,16 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(p(line).as_ref(), Ok(&want), "{line}");
         }
+        let line = r#"{"v":1,"op":"create","job_id":"42","timeout_ms":60000,"kill_after_ms":500}"#;
+        let Ok(Request::Create {
+            timeout: Some(t), ..
+        }) = p(line)
+        else {
+            panic!("{line}")
+        };
+        assert_eq!((t.after_ms, t.kill_after_ms), (60000, 500));
+        let left = t.left();
+        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
     }
 
     #[test]
@@ -350,6 +395,22 @@ mod tests {
             (
                 r#"{"v":1,"op":"create","job_id":"1","scheduler":"cron"}"#,
                 "scheduler",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","timeout_ms":0}"#,
+                "\"timeout_ms\" must be at least 1",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","timeout_ms":1e3}"#,
+                "\"timeout_ms\"",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","timeout_ms":99999999999999}"#,
+                "\"timeout_ms\"",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","kill_after_ms":5}"#,
+                "needs \"timeout_ms\"",
             ),
             (r#"{"v":1,"op":"attach","job_id":"1"}"#, "\"pids\""),
             (

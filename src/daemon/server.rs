@@ -6,6 +6,12 @@
 //! A cleanup waits out its grace period and kill passes (seconds), so it runs on a worker
 //! thread of its own, and its reply is sent when it is done; the loop keeps serving meanwhile.
 //! `create` can block too, but only when an earlier job of the same id left processes to kill.
+//!
+//! Also in the loop: a timerfd armed for the next job time limit to pass (the job is then
+//! cleaned up: SIGTERM, its grace, kill); a pidfd per `cgjob run` supervisor under the parent
+//! (when one dies and its guardian did not finish, the job is emptied and removed as `gc`
+//! would, and what was in it reported); and, when policing is on, a timerfd for the next
+//! sweep of the node for processes outside every job.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,6 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -22,14 +29,17 @@ use serde_json::{json, Value};
 
 use super::auth::{self, Peer};
 use super::metrics::{Metrics, MetricsFile};
+use super::police::{self, Offender, Policy};
 use super::protocol::{self, Request, MAX_LINE};
 use super::results::ResultsLog;
+use super::timer::Timer;
 use crate::cgroup::{kill, Cgroup, EventsFile};
 use crate::job::batch::{self, JobId};
 use crate::job::cleanup::{self, Cleaned, CleanupSpec};
 use crate::job::gc;
 use crate::job::leftovers::{EndedBy, Tracker};
-use crate::job::meta;
+use crate::job::meta::{self, JobMeta};
+use crate::process::pidfd::PidFd;
 use crate::process::procinfo;
 
 /// Settings of the daemon, validated.
@@ -39,6 +49,10 @@ pub struct Config {
     pub parent: PathBuf,
     pub results: ResultsLog,
     pub metrics: Option<MetricsFile>,
+    /// Node policing, when on.
+    pub police: Option<Policy>,
+    /// Most connections one user (other than root) may hold open at once.
+    pub max_clients_per_user: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +94,11 @@ const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
 const WAKE: u64 = 2;
 const PARENT_DIR: u64 = 3;
-/// Client tokens are `CLIENT + n`, job tokens `JOB + n`.
+const DEADLINE: u64 = 4;
+const POLICE: u64 = 5;
+/// Client tokens are `CLIENT + n`, `cgjob run` supervisors' `RUN + n`, job tokens `JOB + n`.
 const CLIENT: u64 = 1 << 32;
+const RUN: u64 = 1 << 40;
 const JOB: u64 = 1 << 48;
 
 /// A subscriber that lets this much output pile up unread is dropped.
@@ -109,14 +126,32 @@ struct Watched {
     populated: bool,
     token: u64,
     cleaning: bool,
+    /// When its time limit passes, and the grace between SIGTERM and the kill then.
+    deadline: Option<(Instant, Duration)>,
 }
 
-/// A cleanup finished on its worker thread.
-struct Done {
-    client: u64,
-    id: JobId,
-    uid: Option<u32>,
-    result: Result<Cleaned, String>,
+/// A `cgjob run` job under the parent, watched through its supervisor's pidfd.
+struct RunWatch {
+    name: String,
+    supervisor: PidFd,
+}
+
+/// Work finished on a worker thread.
+enum Done {
+    Cleanup {
+        /// Who asked; `None` for a time limit the daemon enforced.
+        client: Option<u64>,
+        id: JobId,
+        uid: Option<u32>,
+        timed_out: bool,
+        result: Result<Cleaned, String>,
+    },
+    /// A `cgjob run` job whose supervisor died, collected as `gc` would.
+    Stale {
+        name: String,
+        result: Result<Option<gc::StaleJob>, String>,
+    },
+    Police(Vec<Offender>),
 }
 
 pub struct Daemon {
@@ -134,6 +169,15 @@ pub struct Daemon {
     clients: HashMap<u64, Client>,
     jobs: HashMap<String, Watched>,
     job_tokens: HashMap<u64, String>,
+    /// `cgjob run` jobs by supervisor token, and their names.
+    runs: HashMap<u64, RunWatch>,
+    run_names: HashMap<String, u64>,
+    /// Armed for the earliest job time limit.
+    deadline_timer: Timer,
+    deadlines_changed: bool,
+    /// Armed for the next policing sweep; one sweep at a time.
+    police_timer: Timer,
+    policing: bool,
     next: u64,
     /// Not accepting for want of descriptors (see `accept`).
     paused: bool,
@@ -205,6 +249,8 @@ impl Daemon {
             .map_err(io("configure", Path::new("-")))?;
         let (done_tx, done_rx) = channel();
         let parent_dir = watch_dir(&cfg.parent).map_err(io("watch", &cfg.parent))?;
+        let timer = || Timer::new().map_err(io("create a timer", Path::new("-")));
+        let (deadline_timer, police_timer) = (timer()?, timer()?);
         let mut d = Daemon {
             cfg,
             epoll,
@@ -218,6 +264,12 @@ impl Daemon {
             clients: HashMap::new(),
             jobs: HashMap::new(),
             job_tokens: HashMap::new(),
+            runs: HashMap::new(),
+            run_names: HashMap::new(),
+            deadline_timer,
+            deadlines_changed: false,
+            police_timer,
+            policing: false,
             next: 0,
             paused: false,
             metrics,
@@ -236,28 +288,175 @@ impl Daemon {
         d.epoll
             .add(d.parent_dir.as_fd(), EpollEvent::new(ins, PARENT_DIR))
             .map_err(sys("epoll_ctl"))?;
+        d.epoll
+            .add(d.deadline_timer.as_fd(), EpollEvent::new(ins, DEADLINE))
+            .map_err(sys("epoll_ctl"))?;
+        d.epoll
+            .add(d.police_timer.as_fd(), EpollEvent::new(ins, POLICE))
+            .map_err(sys("epoll_ctl"))?;
+        if let Some(p) = &d.cfg.police {
+            tracing::info!(action = ?p.action, uids = ?p.uids, interval = ?p.interval, "node policing on");
+            // The first sweep at once.
+            d.police_timer
+                .set(Some(Instant::now()))
+                .map_err(io("set a timer", Path::new("-")))?;
+        }
         // After the directory watch is set: a job made in between is seen twice, not never.
         d.adopt();
         d.write_metrics();
         Ok(d)
     }
 
-    /// Watch every scheduler job cgroup under the parent.
+    /// Watch every job cgroup under the parent: scheduler jobs through their
+    /// `cgroup.events`, `cgjob run` jobs through their supervisor.
     fn adopt(&mut self) {
         let Ok(rd) = std::fs::read_dir(&self.cfg.parent) else {
             return;
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_prefix("job-").and_then(|s| JobId::parse(s).ok()) else {
+            let cg = Cgroup::at(e.path());
+            let Some(m) = meta::read(&cg).ok().flatten() else {
                 continue;
             };
-            let cg = Cgroup::at(e.path());
-            if let Some(m) = meta::read(&cg).ok().flatten().filter(|m| m.is_batch()) {
-                self.watch(&id, Some(m.uid));
+            match name.strip_prefix("job-").and_then(|s| JobId::parse(s).ok()) {
+                Some(id) if m.is_batch() => {
+                    self.watch(&id, Some(m.uid));
+                    self.set_deadline(&id, &m);
+                }
+                _ if !m.is_batch() => self.watch_run(&name),
+                _ => {}
             }
         }
-        tracing::info!(jobs = self.jobs.len(), "adopted the existing jobs");
+        tracing::info!(
+            jobs = self.jobs.len(),
+            runs = self.runs.len(),
+            "adopted the existing jobs"
+        );
+    }
+
+    /// Arm job `id`'s time limit from its record (a limit already past fires at once).
+    fn set_deadline(&mut self, id: &JobId, m: &JobMeta) {
+        let Some(t) = m.timeout else {
+            return;
+        };
+        let left = t.left();
+        if let Some(w) = self.jobs.get_mut(id.as_str()) {
+            if w.deadline.is_none() && !w.cleaning {
+                w.deadline = Some((Instant::now() + left, t.kill_after()));
+                self.deadlines_changed = true;
+            }
+        }
+    }
+
+    /// Watch the supervisor of the `cgjob run` job `name`: the process holding the lock on
+    /// its cgroup (found in /proc/locks, which names it in the daemon's PID namespace
+    /// whatever the supervisor's), else the supervisor pid of the record when it checks out.
+    fn watch_run(&mut self, name: &str) {
+        if self.run_names.contains_key(name) {
+            return;
+        }
+        let cg = Cgroup::at(self.cfg.parent.join(name));
+        let Some(m) = meta::read(&cg).ok().flatten().filter(|m| !m.is_batch()) else {
+            return;
+        };
+        let holder = lock_holder(&cg)
+            .or_else(|| m.supervisor_alive().then_some(m.supervisor_pid))
+            .filter(|p| *p > 0);
+        let Some(pid) = holder else {
+            if cg.is_locked() == Some(false) {
+                // Its supervisor is gone already.
+                self.collect_run(name);
+            }
+            return;
+        };
+        let pidfd = match PidFd::open(pid) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                self.collect_run(name);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %name, error = %e, "cannot watch the supervisor");
+                return;
+            }
+        };
+        self.next += 1;
+        let token = RUN + self.next;
+        if let Err(e) = self
+            .epoll
+            .add(pidfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+        {
+            tracing::warn!(job = %name, error = %e, "cannot watch the supervisor");
+            return;
+        }
+        tracing::debug!(job = %name, supervisor = pid, "watching a cgjob run job");
+        self.run_names.insert(name.to_owned(), token);
+        self.runs.insert(
+            token,
+            RunWatch {
+                name: name.to_owned(),
+                supervisor: pidfd,
+            },
+        );
+    }
+
+    fn unwatch_run(&mut self, name: &str) -> Option<RunWatch> {
+        let token = self.run_names.remove(name)?;
+        let w = self.runs.remove(&token)?;
+        let _ = self.epoll.delete(w.supervisor.as_fd());
+        Some(w)
+    }
+
+    /// A `cgjob run` supervisor ended. Its cgroup is gone (a normal end), or its guardian is
+    /// emptying it, or nobody is: then the daemon does, as `gc` would, and reports what was
+    /// in it. A lock still held means another holder (the lock was passed on): watch that.
+    fn run_ended(&mut self, token: u64) {
+        let Some(name) = self.runs.get(&token).map(|w| w.name.clone()) else {
+            return;
+        };
+        let old = self.unwatch_run(&name).map(|w| w.supervisor.pid());
+        let cg = Cgroup::at(self.cfg.parent.join(&name));
+        match cg.is_locked() {
+            Some(false) => self.collect_run(&name),
+            Some(true) if lock_holder(&cg).is_some_and(|p| Some(p) != old) => self.watch_run(&name),
+            _ => {}
+        }
+    }
+
+    /// Empty and remove a `cgjob run` job whose supervisor is gone, on a worker thread.
+    fn collect_run(&mut self, name: &str) {
+        let cg = Cgroup::at(self.cfg.parent.join(name));
+        let name = name.to_owned();
+        tracing::info!(job = %name, "the supervisor of a cgjob run job is gone; collecting it");
+        let r = self.spawn_worker(format!("collect-{name}"), move || {
+            let result = gc::collect(&cg, false).map_err(|e| crate::commands::error_line(&e));
+            Done::Stale { name, result }
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot collect a stale job");
+        }
+    }
+
+    /// Run `work` on a thread of its own; its result comes back through the loop.
+    fn spawn_worker(
+        &self,
+        name: String,
+        work: impl FnOnce() -> Done + Send + 'static,
+    ) -> Result<(), String> {
+        let tx = self.done_tx.clone();
+        let mut wake = self
+            .wake_tx
+            .try_clone()
+            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let _ = tx.send(work());
+                let _ = wake.write_all(b"x");
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot start a worker: {e}"))
     }
 
     pub fn jobs(&self) -> usize {
@@ -310,8 +509,27 @@ impl Daemon {
                     continue;
                 }
                 let Some(id) = name.strip_prefix("job-").and_then(|s| JobId::parse(s).ok()) else {
+                    // A `cgjob run` job: its owner record (xattr: IN_ATTRIB) is written
+                    // after the supervisor took the lock, so that is when to watch it.
+                    if mask & libc::IN_ATTRIB != 0 {
+                        self.watch_run(&name);
+                    } else if mask & libc::IN_DELETE != 0 {
+                        self.unwatch_run(&name);
+                    }
                     continue;
                 };
+                if mask & libc::IN_ATTRIB != 0 {
+                    // Its owner record written (by a `cgjob job create` run directly): the
+                    // owner and the time limit.
+                    let cg = batch::job_cgroup(&self.cfg.parent, &id);
+                    if let Some(m) = meta::read(&cg).ok().flatten().filter(|m| m.is_batch()) {
+                        if let Some(w) = self.jobs.get_mut(id.as_str()) {
+                            w.uid = Some(m.uid);
+                        }
+                        self.set_deadline(&id, &m);
+                    }
+                    continue;
+                }
                 if mask & libc::IN_CREATE != 0 && !self.jobs.contains_key(id.as_str()) {
                     // Made by a `cgjob job create` that did not go through the daemon. Its
                     // owner record is written just after the mkdir: read when needed.
@@ -364,6 +582,7 @@ impl Daemon {
                 populated,
                 token,
                 cleaning: false,
+                deadline: None,
             },
         );
     }
@@ -371,6 +590,7 @@ impl Daemon {
     fn unwatch(&mut self, id: &str) {
         if let Some(w) = self.jobs.remove(id) {
             self.dirty = true;
+            self.deadlines_changed |= w.deadline.is_some();
             let _ = self.epoll.delete(w.events.fd());
             self.job_tokens.remove(&w.token);
         }
@@ -384,6 +604,9 @@ impl Daemon {
             // Before blocking: whatever the last batch of events changed.
             if self.dirty {
                 self.write_metrics();
+            }
+            if self.deadlines_changed {
+                self.arm_deadlines();
             }
             let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
                 Ok(n) => n,
@@ -400,9 +623,12 @@ impl Daemon {
                             return Ok(());
                         }
                     }
-                    WAKE => self.finish_cleanups(),
+                    WAKE => self.finish_work(),
                     PARENT_DIR => self.parent_changed(),
+                    DEADLINE => self.deadlines_passed(),
+                    POLICE => self.police(),
                     t if t >= JOB => self.job_changed(t),
+                    t if t >= RUN => self.run_ended(t),
                     t => self.client_ready(t, ev.events()),
                 }
             }
@@ -432,6 +658,28 @@ impl Daemon {
                     continue;
                 }
             };
+            if !peer.is_root() {
+                let held = self
+                    .clients
+                    .values()
+                    .filter(|c| c.peer.uid == peer.uid)
+                    .count();
+                if held >= self.cfg.max_clients_per_user {
+                    tracing::warn!(
+                        uid = peer.uid,
+                        held,
+                        "too many connections from one user; refused"
+                    );
+                    let r = protocol::error_reply(&format!(
+                        "too many connections from uid {} (at most {} at once)",
+                        peer.uid, self.cfg.max_clients_per_user
+                    ));
+                    // Best effort, without blocking: a fresh socket's buffer takes one line.
+                    let _ = stream.set_nonblocking(true);
+                    let _ = (&stream).write(r.as_bytes());
+                    continue;
+                }
+            }
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
@@ -633,6 +881,20 @@ impl Daemon {
         }
     }
 
+    /// An event about the node rather than a job: to root's subscribers.
+    fn emit_node(&mut self, event: &str, extra: Value) {
+        let line = protocol::node_event_line(event, extra);
+        let to: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.subscribed && c.peer.is_root())
+            .map(|(t, _)| *t)
+            .collect();
+        for t in to {
+            self.send(t, line.as_bytes());
+        }
+    }
+
     /// An event to every subscriber allowed to see the job (root, and the job's owner).
     fn emit(&mut self, event: &str, id: &str, owner: Option<u32>, extra: Value) {
         let owner = owner.or_else(|| self.owner_uid(id));
@@ -731,6 +993,7 @@ impl Daemon {
                 job_id,
                 uid,
                 scheduler,
+                timeout,
             } => {
                 let uid = uid.unwrap_or(peer.uid);
                 auth::may_create_for(peer, uid)?;
@@ -739,9 +1002,14 @@ impl Daemon {
                 if let Ok((_, owner)) = self.owner(&job_id) {
                     auth::may_act_on(peer, job_id.as_str(), owner)?;
                 }
-                let c = cleanup::create(&self.cfg.parent, &job_id, scheduler, uid)
+                let c = cleanup::create(&self.cfg.parent, &job_id, scheduler, uid, timeout)
                     .map_err(|e| crate::commands::error_line(&e))?;
                 self.watch(&job_id, Some(uid));
+                if let Some(w) = self.jobs.get_mut(job_id.as_str()) {
+                    // A new job: a limit of the old one of the same id goes.
+                    w.deadline = timeout.map(|t| (Instant::now() + t.left(), t.kill_after()));
+                    self.deadlines_changed = true;
+                }
                 self.metrics.jobs_created += 1;
                 self.emit(
                     "created",
@@ -830,36 +1098,7 @@ impl Daemon {
                 if self.jobs.get(job_id.as_str()).is_some_and(|w| w.cleaning) {
                     return Err(format!("job {job_id}: a cleanup is already running"));
                 }
-                let spec = CleanupSpec {
-                    grace,
-                    kill_timeout,
-                    sweep: None,
-                    spare_ancestors_to: None,
-                };
-                let parent = self.cfg.parent.clone();
-                let tx = self.done_tx.clone();
-                let mut wake = self
-                    .wake_tx
-                    .try_clone()
-                    .map_err(|e| format!("cannot start the cleanup: {e}"))?;
-                let id = job_id.clone();
-                std::thread::Builder::new()
-                    .name(format!("cleanup-{job_id}"))
-                    .spawn(move || {
-                        let result = cleanup::cleanup(&parent, &id, &spec)
-                            .map_err(|e| crate::commands::error_line(&e));
-                        let _ = tx.send(Done {
-                            client: token,
-                            id,
-                            uid: owner,
-                            result,
-                        });
-                        let _ = wake.write_all(b"x");
-                    })
-                    .map_err(|e| format!("cannot start the cleanup: {e}"))?;
-                if let Some(w) = self.jobs.get_mut(job_id.as_str()) {
-                    w.cleaning = true;
-                }
+                self.start_cleanup(Some(token), &job_id, owner, grace, kill_timeout, false)?;
                 if let Some(c) = self.clients.get_mut(&token) {
                     c.pending += 1;
                 }
@@ -895,65 +1134,273 @@ impl Daemon {
         jobs
     }
 
-    fn finish_cleanups(&mut self) {
+    /// Clean job `id` up on a worker thread (TERM, `grace`, kill passes for up to
+    /// `kill_timeout`, remove); `client` gets the result when it is done.
+    fn start_cleanup(
+        &mut self,
+        client: Option<u64>,
+        id: &JobId,
+        owner: Option<u32>,
+        grace: Duration,
+        kill_timeout: Duration,
+        timed_out: bool,
+    ) -> Result<(), String> {
+        let spec = CleanupSpec {
+            grace,
+            kill_timeout,
+            sweep: None,
+            spare_ancestors_to: None,
+        };
+        let parent = self.cfg.parent.clone();
+        let id2 = id.clone();
+        self.spawn_worker(format!("cleanup-{id}"), move || {
+            let result =
+                cleanup::cleanup(&parent, &id2, &spec).map_err(|e| crate::commands::error_line(&e));
+            Done::Cleanup {
+                client,
+                id: id2,
+                uid: owner,
+                timed_out,
+                result,
+            }
+        })?;
+        if let Some(w) = self.jobs.get_mut(id.as_str()) {
+            w.cleaning = true;
+            // Ended now, one way or the other.
+            self.deadlines_changed |= w.deadline.take().is_some();
+        }
+        Ok(())
+    }
+
+    /// Arm the timer for the earliest time limit of a job not being cleaned up.
+    fn arm_deadlines(&mut self) {
+        self.deadlines_changed = false;
+        let next = self
+            .jobs
+            .values()
+            .filter(|w| !w.cleaning)
+            .filter_map(|w| w.deadline.map(|d| d.0))
+            .min();
+        if let Err(e) = self.deadline_timer.set(next) {
+            tracing::warn!(error = %e, "cannot set the time-limit timer");
+        }
+    }
+
+    /// Jobs past their time limit: SIGTERM, the grace, kill, remove — and say so.
+    fn deadlines_passed(&mut self) {
+        self.deadline_timer.clear();
+        self.deadlines_changed = true;
+        let now = Instant::now();
+        let due: Vec<(String, Duration)> = self
+            .jobs
+            .iter()
+            .filter(|(_, w)| !w.cleaning)
+            .filter_map(|(id, w)| w.deadline.filter(|d| d.0 <= now).map(|d| (id.clone(), d.1)))
+            .collect();
+        for (id, grace) in due {
+            let Ok(jid) = JobId::parse(&id) else { continue };
+            let uid = self.jobs.get(&id).and_then(|w| w.uid);
+            tracing::info!(job = %id, "time limit passed; ending the job");
+            self.metrics.jobs_timed_out += 1;
+            self.emit("timeout", &id, uid, Value::Null);
+            let r =
+                self.start_cleanup(None, &jid, uid, grace, protocol::DEFAULT_KILL_TIMEOUT, true);
+            if let Err(e) = r {
+                // Tried again at the next wake-up of the timer.
+                tracing::warn!(job = %id, error = %e, "cannot end the job");
+                if let Some(w) = self.jobs.get_mut(&id) {
+                    w.deadline = Some((now + Duration::from_secs(1), grace));
+                }
+            }
+        }
+    }
+
+    /// The policing timer: one sweep on a worker thread (reading all of /proc takes a while
+    /// on a busy node; the loop keeps serving).
+    fn police(&mut self) {
+        self.police_timer.clear();
+        let Some(p) = self.cfg.police.clone() else {
+            return;
+        };
+        if self.policing {
+            return;
+        }
+        match self.spawn_worker("police".into(), move || Done::Police(police::sweep(&p))) {
+            Ok(()) => self.policing = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sweep the node");
+                self.police_again();
+            }
+        }
+    }
+
+    fn police_again(&mut self) {
+        if let Some(p) = &self.cfg.police {
+            if let Err(e) = self.police_timer.set(Some(Instant::now() + p.interval)) {
+                tracing::warn!(error = %e, "cannot set the policing timer");
+            }
+        }
+    }
+
+    fn policed(&mut self, found: Vec<Offender>) {
+        self.policing = false;
+        self.police_again();
+        if found.is_empty() {
+            return;
+        }
+        self.dirty = true;
+        let killed = found.iter().filter(|o| o.killed).count();
+        self.metrics.police_found += found.len() as u64;
+        self.metrics.police_killed += killed as u64;
+        for o in &found {
+            let cmd = if o.cmdline.is_empty() {
+                format!("[{}]", o.comm)
+            } else {
+                o.cmdline.join(" ")
+            };
+            tracing::warn!(pid = o.pid, uid = o.uid, cgroup = %o.cgroup.display(), killed = o.killed, "process outside every job: {cmd}");
+        }
+        let v = val(&found);
+        let action = self.cfg.police.as_ref().map(|p| p.action);
+        let rec = json!({"time": now(), "kind": "police", "action": action, "processes": v});
+        if let Err(e) = self.cfg.results.append(&rec) {
+            tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
+        }
+        // To root's subscribers only (no job, so no owner).
+        self.emit_node("police", json!({"processes": v}));
+    }
+
+    fn finish_work(&mut self) {
         let mut buf = [0u8; 64];
         while matches!(self.wake_rx.read(&mut buf), Ok(n) if n > 0) {}
         while let Ok(d) = self.done_rx.try_recv() {
-            let id = d.id.to_string();
-            if let Some(w) = self.jobs.get_mut(&id) {
-                w.cleaning = false;
+            match d {
+                Done::Cleanup {
+                    client,
+                    id,
+                    uid,
+                    timed_out,
+                    result,
+                } => self.cleaned(client, id, uid, timed_out, result),
+                Done::Stale { name, result } => self.collected(&name, result),
+                Done::Police(found) => self.policed(found),
             }
-            self.dirty = true;
-            let reply = match &d.result {
-                Ok(c) => {
-                    let m = &mut self.metrics;
-                    if c.unkillable {
-                        m.cleanups_unkillable += 1;
-                    } else {
-                        m.cleanups_clean += 1;
-                    }
-                    m.cleanup_seconds_sum += c.duration_ms / 1000.0;
-                    m.leftovers_found += c.leftovers.len() as u64;
-                    m.leftovers_killed += c
-                        .leftovers
-                        .iter()
-                        .filter(|l| matches!(l.ended_by, Some(EndedBy::Killed)))
-                        .count() as u64;
-                    let v = serde_json::to_value(c).expect("serializes");
-                    let rec = json!({"time": now(), "kind": "cleanup", "uid": d.uid, "result": v});
-                    if let Err(e) = self.cfg.results.append(&rec) {
-                        tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
-                    }
-                    if !c.leftovers.is_empty() {
-                        self.emit(
-                            "leftovers",
-                            &id,
-                            d.uid,
-                            json!({"leftovers": v["leftovers"]}),
-                        );
-                    }
-                    self.emit(
-                        "cleaned",
-                        &id,
-                        d.uid,
-                        json!({"removed": c.cgroup_removed, "unkillable": c.unkillable}),
-                    );
-                    if c.cgroup_removed {
-                        self.unwatch(&id);
-                    }
-                    protocol::ok_reply(v)
-                }
-                Err(e) => {
-                    self.metrics.cleanups_failed += 1;
-                    protocol::error_reply(e)
-                }
-            };
-            if let Some(c) = self.clients.get_mut(&d.client) {
-                c.pending -= 1;
-            }
-            self.send(d.client, reply.as_bytes());
         }
     }
+
+    /// A `cgjob run` job collected after its supervisor died.
+    fn collected(&mut self, name: &str, result: Result<Option<gc::StaleJob>, String>) {
+        match result {
+            Ok(Some(s)) => {
+                self.dirty = true;
+                if s.outcome == gc::GcOutcome::Removed {
+                    self.metrics.stale_jobs_removed += 1;
+                }
+                self.metrics.leftovers_found += s.processes.len() as u64;
+                self.metrics.leftovers_killed += s
+                    .processes
+                    .iter()
+                    .filter(|l| matches!(l.ended_by, Some(EndedBy::Killed)))
+                    .count() as u64;
+                tracing::warn!(job = %name, "{}", s.describe());
+                let rec = json!({"time": now(), "kind": "stale", "result": s});
+                if let Err(e) = self.cfg.results.append(&rec) {
+                    tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
+                }
+                let owner = rec["result"]["processes"]
+                    .as_array()
+                    .and_then(|p| p.first())
+                    .and_then(|p| p["uid"].as_u64())
+                    .map(|u| u as u32);
+                self.emit(
+                    "stale",
+                    name,
+                    owner,
+                    json!({"outcome": rec["result"]["outcome"], "leftovers": rec["result"]["processes"]}),
+                );
+            }
+            Ok(None) => tracing::debug!(job = %name, "nothing to collect"),
+            Err(e) => {
+                tracing::warn!(job = %name, error = %e, "cannot collect a stale job");
+            }
+        }
+    }
+
+    /// A cleanup ended: the results log, metrics, events, and the reply to whoever asked.
+    fn cleaned(
+        &mut self,
+        client: Option<u64>,
+        id: JobId,
+        uid: Option<u32>,
+        timed_out: bool,
+        result: Result<Cleaned, String>,
+    ) {
+        let id = id.to_string();
+        if let Some(w) = self.jobs.get_mut(&id) {
+            w.cleaning = false;
+        }
+        self.dirty = true;
+        let reply = match &result {
+            Ok(c) => {
+                let m = &mut self.metrics;
+                if c.unkillable {
+                    m.cleanups_unkillable += 1;
+                } else {
+                    m.cleanups_clean += 1;
+                }
+                m.cleanup_seconds_sum += c.duration_ms / 1000.0;
+                m.leftovers_found += c.leftovers.len() as u64;
+                m.leftovers_killed += c
+                    .leftovers
+                    .iter()
+                    .filter(|l| matches!(l.ended_by, Some(EndedBy::Killed)))
+                    .count() as u64;
+                let v = serde_json::to_value(c).expect("serializes");
+                let kind = if timed_out { "timeout" } else { "cleanup" };
+                let rec = json!({"time": now(), "kind": kind, "uid": uid, "result": v});
+                if let Err(e) = self.cfg.results.append(&rec) {
+                    tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
+                }
+                if !c.leftovers.is_empty() {
+                    self.emit("leftovers", &id, uid, json!({"leftovers": v["leftovers"]}));
+                }
+                self.emit(
+                    "cleaned",
+                    &id,
+                    uid,
+                    json!({"removed": c.cgroup_removed, "unkillable": c.unkillable, "timed_out": timed_out}),
+                );
+                if c.cgroup_removed {
+                    self.unwatch(&id);
+                }
+                protocol::ok_reply(v)
+            }
+            Err(e) => {
+                self.metrics.cleanups_failed += 1;
+                protocol::error_reply(e)
+            }
+        };
+        if let Some(client) = client {
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.pending -= 1;
+            }
+            self.send(client, reply.as_bytes());
+        }
+    }
+}
+
+/// The process holding the `flock` on `cg`'s directory ([`Cgroup::hold_lock`]), from
+/// /proc/locks, which names it as the daemon's PID namespace sees it (0 when it cannot).
+fn lock_holder(cg: &Cgroup) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(cg.path()).ok()?;
+    let text = procinfo::read_pseudo_string("/proc/locks").ok()?;
+    procinfo::flock_holder(
+        &text,
+        libc::major(md.dev()),
+        libc::minor(md.dev()),
+        md.ino(),
+    )
 }
 
 /// An inotify descriptor watching `dir` for subdirectories made and removed.
@@ -968,7 +1415,7 @@ fn watch_dir(dir: &Path) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: fd is a fresh descriptor of ours.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_ONLYDIR;
+    let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_ATTRIB | libc::IN_ONLYDIR;
     // SAFETY: a valid C string path.
     if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } < 0 {
         return Err(std::io::Error::last_os_error());

@@ -48,6 +48,7 @@ pub fn create(
     id: &JobId,
     scheduler: Scheduler,
     uid: u32,
+    timeout: Option<meta::TimeLimit>,
 ) -> Result<Created, JobError> {
     if !parent.is_dir() {
         Cgroup::ensure(parent).map_err(PlaceError::from)?;
@@ -74,7 +75,11 @@ pub fn create(
             return Err(PlaceError::from(CgroupFsError::new("create cgroup", cg.path(), e)).into())
         }
     };
-    if let Err(e) = meta::write(&cg, &JobMeta::for_batch(id.as_str(), scheduler, uid)) {
+    let record = JobMeta {
+        timeout,
+        ..JobMeta::for_batch(id.as_str(), scheduler, uid)
+    };
+    if let Err(e) = meta::write(&cg, &record) {
         tracing::warn!(error = %e, "cannot record the job's owner on its cgroup");
     }
     Ok(Created {

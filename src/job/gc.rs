@@ -10,6 +10,8 @@ use serde::Serialize;
 use super::leftovers::{Leftover, Tracker};
 use super::meta;
 use crate::cgroup::kill::{self, KillError, KillRequest};
+use crate::cgroup::limits::Controller;
+use crate::cgroup::v1;
 use crate::cgroup::{Cgroup, CgroupFsError, EventsFile};
 
 /// An empty scheduler job cgroup younger than this is left alone (its tasks may not have
@@ -89,49 +91,107 @@ pub fn sweep(parent: &Path, dry_run: bool) -> Result<Vec<StaleJob>, GcError> {
         if !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             continue;
         }
-        let cg = Cgroup::at(ent.path());
-        let Some(m) = meta::read(&cg)? else { continue };
-        if m.is_batch() {
-            // A scheduler's job has no supervisor to check: its cgroup is stale when it holds
-            // no process and is older than any prolog-to-first-task gap.
-            let populated = EventsFile::open(cg.path())
-                .and_then(|e| e.read())
-                .map(|e| e.populated)
-                .unwrap_or(true);
-            if populated || m.age() < BATCH_MIN_AGE_SECS {
-                continue;
-            }
-        } else if m.job_alive(&cg) {
-            continue;
+        if let Some(s) = collect(&Cgroup::at(ent.path()), dry_run)? {
+            out.push(s);
         }
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let mut tracker = Tracker::cgroup_only();
-        match tracker.scan(&cg) {
-            Err(e) if e.is_gone() => continue,
-            r => r?,
-        };
-        let outcome = if dry_run {
-            GcOutcome::WouldRemove
-        } else if empty_it(&cg, &mut tracker)? {
-            match cg.remove() {
-                Err(e) if !e.is_gone() => return Err(e.into()),
-                _ => GcOutcome::Removed,
-            }
-        } else {
-            GcOutcome::NotEmptied
-        };
-        if !dry_run {
-            tracker.mark_at_end();
-        }
-        out.push(StaleJob {
-            name,
-            cgroup: cg.path().to_owned(),
-            supervisor_pid: m.supervisor_pid,
-            outcome,
-            processes: std::mem::take(&mut tracker.leftovers),
-        });
     }
     Ok(out)
+}
+
+/// The job cgroup `cg`, if it is stale: emptied (kill passes, bounded), removed with the v1
+/// cgroups made beside it for limits, and what was in it. `None` when it is not a job
+/// cgroup of cgjob's, or not stale, or gone meanwhile.
+pub fn collect(cg: &Cgroup, dry_run: bool) -> Result<Option<StaleJob>, GcError> {
+    let m = match meta::read(cg) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(None),
+        Err(e) if e.is_gone() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if m.is_batch() {
+        // A scheduler's job has no supervisor to check: its cgroup is stale when it holds
+        // no process and is older than any prolog-to-first-task gap.
+        let populated = EventsFile::open(cg.path())
+            .and_then(|e| e.read())
+            .map(|e| e.populated)
+            .unwrap_or(true);
+        if populated || m.age() < BATCH_MIN_AGE_SECS {
+            return Ok(None);
+        }
+    } else if m.job_alive(cg) {
+        return Ok(None);
+    }
+    let name = cg
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tracker = Tracker::cgroup_only();
+    match tracker.scan(cg) {
+        Err(e) if e.is_gone() => return Ok(None),
+        r => r?,
+    };
+    let outcome = if dry_run {
+        GcOutcome::WouldRemove
+    } else if empty_it(cg, &mut tracker)? {
+        match cg.remove() {
+            Err(e) if !e.is_gone() => return Err(e.into()),
+            _ => {
+                remove_v1_beside(cg);
+                GcOutcome::Removed
+            }
+        }
+    } else {
+        GcOutcome::NotEmptied
+    };
+    if !dry_run {
+        tracker.mark_at_end();
+    }
+    Ok(Some(StaleJob {
+        name,
+        cgroup: cg.path().to_owned(),
+        supervisor_pid: m.supervisor_pid,
+        outcome,
+        processes: std::mem::take(&mut tracker.leftovers),
+    }))
+}
+
+/// A job with limits on a hybrid host had a v1 cgroup per controller at the same path
+/// relative to each v1 hierarchy as its v2 cgroup: remove those its supervisor could not.
+/// They are empty now (the same processes were in the v2 one); one that is not, or is not
+/// there, is left alone.
+fn remove_v1_beside(cg: &Cgroup) {
+    let Ok(text) = crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let Some(rel) = crate::cgroup::mount::parse_mountinfo(&text)
+        .iter()
+        .filter_map(|m| cg.path().strip_prefix(&m.mount_point).ok())
+        .min_by_key(|r| r.components().count())
+        .map(Path::to_owned)
+    else {
+        return;
+    };
+    if rel.as_os_str().is_empty() {
+        return;
+    }
+    for m in v1::parse_mountinfo(&text) {
+        let ours = m
+            .controllers
+            .iter()
+            .any(|c| Controller::ALL.iter().any(|k| k.name() == c));
+        let dir = m.mount_point.join(&rel);
+        if ours && dir.is_dir() {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {
+                    tracing::info!(cgroup = %dir.display(), "removed the job's cgroup v1 cgroup")
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove the job's cgroup v1 cgroup")
+                }
+            }
+        }
+    }
 }
 
 /// Kill passes until `populated 0`, bounded. Returns whether it emptied.

@@ -45,6 +45,8 @@ struct Plan {
     freeze: CString,
     procs: CString,
     events: CString,
+    /// The job's cgroup v1 cgroups (limits on a hybrid host), removed after the v2 one.
+    v1_dirs: Vec<CString>,
     method: KillMethod,
     gone_msg: Vec<u8>,
     stuck_msg: Vec<u8>,
@@ -55,8 +57,8 @@ impl Guardian {
         self.pid
     }
 
-    /// Start the guardian for `cg`.
-    pub fn start(cg: &Cgroup, method: KillMethod) -> io::Result<Guardian> {
+    /// Start the guardian for `cg` (and the v1 cgroups `v1` made beside it for limits).
+    pub fn start(cg: &Cgroup, v1: &[&Cgroup], method: KillMethod) -> io::Result<Guardian> {
         let mut fds = [0; 2];
         // SAFETY: fds is a two-element array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -79,6 +81,10 @@ impl Guardian {
             freeze: c(cg.file("cgroup.freeze"))?,
             procs: c(cg.file("cgroup.procs"))?,
             events: c(cg.file("cgroup.events"))?,
+            v1_dirs: v1
+                .iter()
+                .map(|v| c(v.path().to_owned()))
+                .collect::<io::Result<_>>()?,
             method,
             gone_msg: format!("cgjob: the supervisor died; killed job cgroup {shown} and removed it\n").into_bytes(),
             stuck_msg: format!("cgjob: the supervisor died; job cgroup {shown} could not be emptied and was left in place\n").into_bytes(),
@@ -212,9 +218,27 @@ unsafe fn cleanup(plan: &Plan) -> bool {
         }
     }
     libc::close(events);
-    // rmdir can fail with EBUSY for a moment after the last task left.
+    if !rmdir_retry(&plan.dir) {
+        return false;
+    }
+    // The v1 cgroups of the limits held the same processes: empty too.
+    for d in &plan.v1_dirs {
+        rmdir_retry(d);
+    }
+    true
+}
+
+/// rmdir, retried: it can fail with EBUSY for a moment after the last task left. A cgroup
+/// already gone counts as removed.
+///
+/// # Safety
+/// A plain system call on a prepared path.
+unsafe fn rmdir_retry(dir: &CString) -> bool {
     for i in 0..10 {
-        if libc::rmdir(plan.dir.as_ptr()) == 0 {
+        if libc::rmdir(dir.as_ptr()) == 0 {
+            return true;
+        }
+        if *libc::__errno_location() == libc::ENOENT {
             return true;
         }
         let ts = libc::timespec {

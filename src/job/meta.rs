@@ -28,6 +28,47 @@ pub struct JobMeta {
     pub job_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<crate::job::batch::Scheduler>,
+    /// A scheduler's job's wall-clock limit, counted from `created`: the daemon ends the job
+    /// (SIGTERM, then SIGKILL after `kill_after_ms`) when it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeLimit>,
+}
+
+/// A job's time limit and the grace between its SIGTERM and the kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeLimit {
+    pub after_ms: u64,
+    pub kill_after_ms: u64,
+    /// When it passes, in milliseconds since the epoch (`created` has whole seconds only).
+    pub ends_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+impl TimeLimit {
+    /// A limit `after` from now.
+    pub fn new(after: std::time::Duration, kill_after: std::time::Duration) -> TimeLimit {
+        let ms = |d: std::time::Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        TimeLimit {
+            after_ms: ms(after),
+            kill_after_ms: ms(kill_after),
+            ends_at_ms: now_ms().saturating_add(ms(after)),
+        }
+    }
+
+    pub fn kill_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.kill_after_ms)
+    }
+
+    /// How long from now until it passes (zero once it has).
+    pub fn left(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ends_at_ms.saturating_sub(now_ms()))
+    }
 }
 
 fn now_secs() -> u64 {
@@ -51,6 +92,7 @@ impl JobMeta {
             created: now_secs(),
             job_id: None,
             scheduler: None,
+            timeout: None,
         }
     }
 
@@ -66,7 +108,14 @@ impl JobMeta {
             created: now_secs(),
             job_id: Some(id.to_owned()),
             scheduler: Some(scheduler),
+            timeout: None,
         }
+    }
+
+    /// How long from now until the job's time limit passes (zero once it has); `None`
+    /// without a limit.
+    pub fn time_left(&self) -> Option<std::time::Duration> {
+        self.timeout.map(|t| t.left())
     }
 
     /// A scheduler's job rather than a `cgjob run`.

@@ -149,11 +149,20 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
     // PID namespace the kernel kills every process of it when its PID 1 dies, and as a
     // subreaper the main process gets SIGKILL (its descendants are out of reach then: the
     // documented weakness of that mode).
+    let v1_cgroups: Vec<&Cgroup> = prep
+        .limits
+        .iter()
+        .flat_map(|l| l.v1.iter().map(|v| &v.cg))
+        .collect();
     let guardian = match (cg, method) {
-        (Some(c), Some(m)) => Some(Guardian::start(c, m).map_err(|source| RunError::Setup {
-            what: "start the guardian process",
-            source,
-        })?),
+        (Some(c), Some(m)) => {
+            Some(
+                Guardian::start(c, &v1_cgroups, m).map_err(|source| RunError::Setup {
+                    what: "start the guardian process",
+                    source,
+                })?,
+            )
+        }
         _ => None,
     };
     let release = |g: Option<Guardian>| {

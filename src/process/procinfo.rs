@@ -131,6 +131,24 @@ pub fn read_cgroup2_path(pid: i32) -> Option<PathBuf> {
     parse_cgroup2_path(&read_pseudo_string(format!("/proc/{pid}/cgroup")).ok()?)
 }
 
+/// The pid holding an `flock` on the inode `major:minor:ino`, from the text of /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE 1234 00:1c:5678 0 EOF`; waiters are marked `->` and skipped;
+/// the device numbers are hex, the inode decimal). `None` when no one holds one, or the
+/// holder is outside the reader's PID namespace (shown as pid 0 or -1).
+pub fn flock_holder(text: &str, major: u32, minor: u32, ino: u64) -> Option<i32> {
+    let want = format!("{major:02x}:{minor:02x}:{ino}");
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(1) == Some(&"->") || f.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        (f.get(5)? == &want.as_str())
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+            .filter(|p: &i32| *p > 0)
+    })
+}
+
 /// The kernel function a sleeping task waits in (`0` when running or unknown).
 pub fn read_wchan(pid: i32) -> Option<String> {
     let w = std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok()?;
@@ -269,6 +287,30 @@ pub fn descendants_in(root: i32, stats: &[Stat]) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_flock_holder_of_an_inode() {
+        let text = "\
+1: POSIX  ADVISORY  WRITE 812 00:1a:1001 0 EOF
+2: FLOCK  ADVISORY  WRITE 4242 00:1c:5678 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 4343 00:1c:5678 0 EOF
+3: FLOCK  ADVISORY  WRITE 0 00:1c:9999 0 EOF
+4: FLOCK  ADVISORY  WRITE 77 103:1f:5678 0 EOF
+";
+        assert_eq!(flock_holder(text, 0, 0x1c, 5678), Some(4242));
+        assert_eq!(flock_holder(text, 0x103, 0x1f, 5678), Some(77));
+        assert_eq!(
+            flock_holder(text, 0, 0x1a, 1001),
+            None,
+            "POSIX locks are not ours"
+        );
+        assert_eq!(
+            flock_holder(text, 0, 0x1c, 9999),
+            None,
+            "outside our namespace"
+        );
+        assert_eq!(flock_holder(text, 0, 0x1c, 567), None);
+    }
 
     #[test]
     fn stat_with_tricky_comm() {

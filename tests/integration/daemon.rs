@@ -14,16 +14,21 @@ use serde_json::{json, Value};
 
 use crate::util::*;
 
-const IO_LIMIT: Duration = Duration::from_secs(30);
+pub const IO_LIMIT: Duration = Duration::from_secs(30);
 
 /// A running daemon of one test; killed (SIGKILL) and reaped when dropped.
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
+pub struct Daemon {
+    pub child: Child,
+    pub sock: PathBuf,
 }
 
 impl Daemon {
-    fn start(t: &TestJob) -> Daemon {
+    pub fn start(t: &TestJob) -> Daemon {
+        Daemon::start_with(t, &[])
+    }
+
+    /// With more flags for `cgjob daemon`.
+    pub fn start_with(t: &TestJob, extra: &[&str]) -> Daemon {
         let sock = t.path("run/cgjob.sock");
         let mut c = t.cgjob();
         c.args(["-v", "daemon", "--parent"])
@@ -34,6 +39,7 @@ impl Daemon {
             .arg(t.path("lib/results.jsonl"))
             .arg("--metrics")
             .arg(t.path("cgjob.prom"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(t.path("daemon.log")).unwrap());
         let child = c.spawn().expect("start the daemon");
@@ -49,16 +55,16 @@ impl Daemon {
         d
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    fn conn(&self) -> Conn {
+    pub fn conn(&self) -> Conn {
         Conn::to(&self.sock)
     }
 
     /// SIGTERM, and its exit status (bounded).
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(mut self) -> std::process::ExitStatus {
         // SAFETY: kill of our own child, by pid.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         let end = Instant::now() + IO_LIMIT;
@@ -79,40 +85,40 @@ impl Drop for Daemon {
     }
 }
 
-fn log(t: &TestJob) -> String {
+pub fn log(t: &TestJob) -> String {
     std::fs::read_to_string(t.path("daemon.log")).unwrap_or_default()
 }
 
-struct Conn {
+pub struct Conn {
     w: UnixStream,
     r: BufReader<UnixStream>,
 }
 
 impl Conn {
-    fn to(sock: &Path) -> Conn {
+    pub fn to(sock: &Path) -> Conn {
         let w = UnixStream::connect(sock).expect("connect to the daemon");
         w.set_read_timeout(Some(IO_LIMIT)).unwrap();
         let r = BufReader::new(w.try_clone().unwrap());
         Conn { w, r }
     }
 
-    fn send(&mut self, line: &str) {
+    pub fn send(&mut self, line: &str) {
         self.w.write_all(line.as_bytes()).unwrap();
         self.w.write_all(b"\n").unwrap();
     }
 
     /// The next line, parsed; `None` at EOF.
-    fn recv(&mut self) -> Option<Value> {
+    pub fn recv(&mut self) -> Option<Value> {
         let mut l = String::new();
         let n = self.r.read_line(&mut l).expect("a reply within the limit");
         (n > 0).then(|| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
     }
 
-    fn rq(&mut self, req: Value) -> Value {
+    pub fn rq(&mut self, req: Value) -> Value {
         self.raw(&req.to_string())
     }
 
-    fn raw(&mut self, line: &str) -> Value {
+    pub fn raw(&mut self, line: &str) -> Value {
         self.send(line);
         let v = self.recv().expect("a reply, not EOF");
         assert_eq!(v["v"], 1, "{v}");
@@ -120,12 +126,12 @@ impl Conn {
     }
 }
 
-fn ok(v: &Value) -> &Value {
+pub fn ok(v: &Value) -> &Value {
     assert_eq!(v["ok"], true, "{v}");
     v
 }
 
-fn refused<'a>(v: &'a Value, why: &str) -> &'a Value {
+pub fn refused<'a>(v: &'a Value, why: &str) -> &'a Value {
     assert_eq!(v["ok"], false, "{v}");
     let e = v["error"].as_str().unwrap();
     assert!(e.contains(why), "{e:?} does not say {why:?}");
@@ -134,7 +140,7 @@ fn refused<'a>(v: &'a Value, why: &str) -> &'a Value {
 
 /// A process outside any job, carrying the test's marker: `script` ends by exec'ing `sleep`,
 /// and this returns once it has (so that its command line is known).
-fn sleeper(t: &TestJob, script: &str) -> Child {
+pub fn sleeper(t: &TestJob, script: &str) -> Child {
     let c = Command::new("bash")
         .args(["-c", script])
         .env(MARKER_VAR, &t.marker)
@@ -148,12 +154,12 @@ fn sleeper(t: &TestJob, script: &str) -> Child {
     c
 }
 
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     state_of(pid).is_some_and(|s| s != 'Z')
 }
 
 /// The events a subscriber received, until `want` is among them (bounded).
-fn events_until(c: &mut Conn, want: (&str, &str)) -> Vec<(String, String)> {
+pub fn events_until(c: &mut Conn, want: (&str, &str)) -> Vec<(String, String)> {
     let mut seen: Vec<(String, String)> = Vec::new();
     while !seen.iter().any(|(e, j)| (e.as_str(), j.as_str()) == want) {
         let v = c.recv().expect("event stream ended");
@@ -272,7 +278,7 @@ fn create_attach_status_signal_cleanup_through_the_socket() {
 }
 
 /// Run a Python client as `nobody`: it sends each request line and prints each reply line.
-fn as_nobody(sock: &Path, requests: &[Value]) -> Vec<Value> {
+pub fn as_nobody(sock: &Path, requests: &[Value]) -> Vec<Value> {
     let script = r#"
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -670,7 +676,7 @@ fn jobs_made_and_removed_without_the_daemon_are_followed() {
 
 /// `cgjob job ARGS --parent <ours>`, through the daemon on `sock` when given (else its socket
 /// variable names nothing, so the command acts directly).
-fn job_cmd(t: &TestJob, sock: Option<&Path>, args: &[&str]) -> Command {
+pub fn job_cmd(t: &TestJob, sock: Option<&Path>, args: &[&str]) -> Command {
     let mut c = t.cgjob();
     c.arg("job")
         .arg(args[0])
@@ -684,7 +690,7 @@ fn job_cmd(t: &TestJob, sock: Option<&Path>, args: &[&str]) -> Command {
     c
 }
 
-fn json_out(o: &std::process::Output) -> Value {
+pub fn json_out(o: &std::process::Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr_of(o)))
 }
 
@@ -841,7 +847,7 @@ fn a_user_runs_job_commands_through_the_daemon() {
     assert!(!cg.exists());
 }
 
-fn cpu_ticks(pid: i32) -> u64 {
+pub fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = stat.rsplit_once(") ").unwrap().1;
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -269,3 +269,69 @@ fn a_missing_controller_exits_125_naming_it() {
         );
     }
 }
+
+/// A job with limits whose supervisor is SIGKILLed: its guardian removes the v1 cgroups with
+/// the v2 one; when the guardian is killed too, `cgjob gc` does.
+#[test]
+fn limit_cgroups_go_when_the_supervisor_is_killed_by_its_guardian_or_by_gc() {
+    for guardian_too in [false, true] {
+        let mut t = TestJob::new(if guardian_too { "lim-gc" } else { "lim-guard" });
+        let v1 = t.prepare_limits();
+        let mut sup = t
+            .run_cmd(&[
+                "--memory-max",
+                "64M",
+                "--pids-max",
+                "50",
+                "--",
+                "sleep",
+                "1051",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let job = t.job_cgroup();
+        t.wait_for("the job to start", LIMIT, || {
+            std::fs::read_to_string(job.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+        });
+        for p in &v1 {
+            if p.ends_with("job") && !p.to_string_lossy().contains("cpu") {
+                assert!(p.is_dir(), "v1 cgroup {} not made", p.display());
+            }
+        }
+        if guardian_too {
+            let guardian: i32 =
+                std::fs::read_to_string(format!("/proc/{}/task/{0}/children", sup.id()))
+                    .unwrap()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .find(|p: &i32| {
+                        std::fs::read_to_string(format!("/proc/{p}/comm"))
+                            .is_ok_and(|c| c.trim() == "cgjob")
+                    })
+                    .expect("the guardian");
+            // SAFETY: kill of a process our own cgjob started, by pid.
+            unsafe { libc::kill(guardian, libc::SIGKILL) };
+            t.wait_for("the guardian to die", LIMIT, || {
+                state_of(guardian).is_none_or(|s| s == 'Z')
+            });
+        }
+        sup.kill().unwrap();
+        sup.wait().unwrap();
+        if guardian_too {
+            assert!(job.is_dir(), "nobody removed it yet");
+            let mut gc = t.cgjob();
+            gc.args(["gc", "--parent"]).arg(&t.parent);
+            let o = run_bounded(gc, LIMIT);
+            assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+        }
+        t.wait_for("the job cgroup to go", LIMIT, || !job.exists());
+        for p in &v1 {
+            if p.ends_with("job") {
+                t.wait_for("its v1 cgroups to go", LIMIT, || !p.exists());
+            }
+        }
+        t.assert_clean();
+    }
+}

@@ -4,6 +4,7 @@
 mod util;
 
 mod daemon;
+mod daemon_policy;
 mod docs;
 mod errors;
 mod escapes;
