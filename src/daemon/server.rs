@@ -5,7 +5,7 @@
 //!
 //! A cleanup waits out its grace period and kill passes (seconds), so it runs on a worker
 //! thread of its own, and its reply is sent when it is done; the loop keeps serving meanwhile.
-//! `create` can block too, but only when an earlier job of the same id left processes to kill.
+//! So does a `create` that finds processes of an earlier job of the same id to kill.
 //!
 //! Also in the loop: a timerfd armed for the next job time limit to pass (the job is then
 //! cleaned up: SIGTERM, its grace, kill); a pidfd per `cgjob run` supervisor under the parent
@@ -38,7 +38,7 @@ use crate::job::batch::{self, JobId};
 use crate::job::cleanup::{self, Cleaned, CleanupSpec};
 use crate::job::gc;
 use crate::job::leftovers::{EndedBy, Tracker};
-use crate::job::meta::{self, JobMeta};
+use crate::job::meta::{self, JobMeta, TimeLimit};
 use crate::process::pidfd::PidFd;
 use crate::process::procinfo;
 
@@ -145,6 +145,14 @@ enum Done {
         uid: Option<u32>,
         timed_out: bool,
         result: Result<Cleaned, String>,
+    },
+    /// A `create` that found processes of an earlier job of the same id.
+    Created {
+        client: u64,
+        id: JobId,
+        uid: u32,
+        timeout: Option<TimeLimit>,
+        result: Result<cleanup::Created, String>,
     },
     /// A `cgjob run` job whose supervisor died, collected as `gc` would.
     Stale {
@@ -1002,29 +1010,43 @@ impl Daemon {
                 if let Ok((_, owner)) = self.owner(&job_id) {
                     auth::may_act_on(peer, job_id.as_str(), owner)?;
                 }
+                if self.jobs.get(job_id.as_str()).is_some_and(|w| w.cleaning) {
+                    return Err(format!(
+                        "job {job_id}: its cgroup is being emptied; try again when that ends"
+                    ));
+                }
+                let cg = batch::job_cgroup(&self.cfg.parent, &job_id);
+                let stale = EventsFile::open(cg.path())
+                    .and_then(|e| e.read())
+                    .is_ok_and(|e| e.populated);
+                if stale {
+                    // Processes of an earlier job of the same id to kill (seconds, maybe):
+                    // on a worker, as a cleanup, while the loop serves on.
+                    let parent = self.cfg.parent.clone();
+                    let id = job_id.clone();
+                    self.spawn_worker(format!("create-{job_id}"), move || {
+                        let result = cleanup::create(&parent, &id, scheduler, uid, timeout)
+                            .map_err(|e| crate::commands::error_line(&e));
+                        Done::Created {
+                            client: token,
+                            id,
+                            uid,
+                            timeout,
+                            result,
+                        }
+                    })?;
+                    self.watch(&job_id, Some(uid));
+                    if let Some(w) = self.jobs.get_mut(job_id.as_str()) {
+                        w.cleaning = true;
+                    }
+                    if let Some(c) = self.clients.get_mut(&token) {
+                        c.pending += 1;
+                    }
+                    return Ok(None);
+                }
                 let c = cleanup::create(&self.cfg.parent, &job_id, scheduler, uid, timeout)
                     .map_err(|e| crate::commands::error_line(&e))?;
-                self.watch(&job_id, Some(uid));
-                if let Some(w) = self.jobs.get_mut(job_id.as_str()) {
-                    // A new job: a limit of the old one of the same id goes.
-                    w.deadline = timeout.map(|t| (Instant::now() + t.left(), t.kill_after()));
-                    self.deadlines_changed = true;
-                }
-                self.metrics.jobs_created += 1;
-                self.emit(
-                    "created",
-                    job_id.as_str(),
-                    Some(uid),
-                    json!({"uid": uid, "stale": c.stale.len()}),
-                );
-                if !c.stale.is_empty() {
-                    self.emit(
-                        "leftovers",
-                        job_id.as_str(),
-                        Some(uid),
-                        json!({"leftovers": val(&c.stale)}),
-                    );
-                }
+                self.created(&job_id, uid, timeout, &c);
                 Ok(Some(val(&c)))
             }
             Request::Attach { job_id, pids } => {
@@ -1283,6 +1305,13 @@ impl Daemon {
                     result,
                 } => self.cleaned(client, id, uid, timed_out, result),
                 Done::Stale { name, result } => self.collected(&name, result),
+                Done::Created {
+                    client,
+                    id,
+                    uid,
+                    timeout,
+                    result,
+                } => self.created_later(client, id, uid, timeout, result),
                 Done::Police(found) => self.policed(found),
             }
         }
@@ -1324,6 +1353,60 @@ impl Daemon {
                 tracing::warn!(job = %name, error = %e, "cannot collect a stale job");
             }
         }
+    }
+
+    /// Job `id` was created: watched, its time limit armed, subscribers told.
+    fn created(&mut self, id: &JobId, uid: u32, timeout: Option<TimeLimit>, c: &cleanup::Created) {
+        self.watch(id, Some(uid));
+        if let Some(w) = self.jobs.get_mut(id.as_str()) {
+            // A new job: a limit of the old one of the same id goes.
+            w.cleaning = false;
+            w.deadline = timeout.map(|t| (Instant::now() + t.left(), t.kill_after()));
+            self.deadlines_changed = true;
+        }
+        self.metrics.jobs_created += 1;
+        self.emit(
+            "created",
+            id.as_str(),
+            Some(uid),
+            json!({"uid": uid, "stale": c.stale.len()}),
+        );
+        if !c.stale.is_empty() {
+            self.emit(
+                "leftovers",
+                id.as_str(),
+                Some(uid),
+                json!({"leftovers": val(&c.stale)}),
+            );
+        }
+    }
+
+    /// A create that had stale processes to kill ended on its worker.
+    fn created_later(
+        &mut self,
+        client: u64,
+        id: JobId,
+        uid: u32,
+        timeout: Option<TimeLimit>,
+        result: Result<cleanup::Created, String>,
+    ) {
+        self.dirty = true;
+        let reply = match result {
+            Ok(c) => {
+                self.created(&id, uid, timeout, &c);
+                protocol::ok_reply(val(&c))
+            }
+            Err(e) => {
+                if let Some(w) = self.jobs.get_mut(id.as_str()) {
+                    w.cleaning = false;
+                }
+                protocol::error_reply(&e)
+            }
+        };
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.pending -= 1;
+        }
+        self.send(client, reply.as_bytes());
     }
 
     /// A cleanup ended: the results log, metrics, events, and the reply to whoever asked.

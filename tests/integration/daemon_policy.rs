@@ -468,3 +468,49 @@ for s in socks:
         ok(&c.rq(json!({"v":1,"op":"hello"})));
     }
 }
+
+/// A `create` that finds processes of an earlier job of the same id kills them on a worker:
+/// other clients are served meanwhile, and the same job is not created twice at once. The
+/// stale process is held unkillable (v1 freezer) until the test lets it go.
+#[test]
+fn a_create_that_must_kill_stale_processes_does_not_hold_up_other_clients() {
+    let mut t = TestJob::new("dstalecreate");
+    let frz = t.v1_freezer();
+    let d = Daemon::start(&t);
+    let mut c = d.conn();
+    ok(&c.rq(json!({"v":1,"op":"create","job_id":"s"})));
+    let mut stale = sleeper(&t, "exec sleep 1061");
+    attach(&mut c, "s", stale.id());
+    std::fs::write(frz.join("cgroup.procs"), stale.id().to_string()).unwrap();
+    std::fs::write(frz.join("freezer.state"), "FROZEN").unwrap();
+    t.wait_for("the stale process to freeze", IO_LIMIT, || {
+        state_of(stale.id() as i32) == Some('D')
+    });
+    // The prolog of the next job of the same id.
+    c.send(&json!({"v":1,"op":"create","job_id":"s"}).to_string());
+    let mut other = d.conn();
+    t.wait_for("the create to start its kill", IO_LIMIT, || {
+        other.rq(json!({"v":1,"op":"status","job_id":"s"}))["cleaning"] == true
+    });
+    // Served while the stale process still holds the create up; the job is busy.
+    ok(&other.rq(json!({"v":1,"op":"hello"})));
+    refused(
+        &other.rq(json!({"v":1,"op":"create","job_id":"s"})),
+        "being emptied",
+    );
+    refused(
+        &other.rq(json!({"v":1,"op":"cleanup","job_id":"s"})),
+        "already running",
+    );
+    assert!(alive(stale.id() as i32));
+    std::fs::write(frz.join("freezer.state"), "THAWED").unwrap();
+    let r = c.recv().expect("the create's reply");
+    ok(&r);
+    assert_eq!(r["stale"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(ended(&mut stale).signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        other.rq(json!({"v":1,"op":"status","job_id":"s"}))["cleaning"],
+        false
+    );
+    ok(&c.rq(json!({"v":1,"op":"cleanup","job_id":"s","grace_ms":0})));
+}
