@@ -370,10 +370,12 @@ pub struct JobTarget {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
-    /// Make the job's cgroup (prolog). Idempotent; processes of an earlier job with the same
-    /// id found in it are killed and reported.
+    /// Make the job's cgroup (prolog), with its resource limits and time limit if given.
+    /// Idempotent; processes of an earlier job with the same id found in it are killed and
+    /// reported.
     ///
-    /// Exit status: 0; 2 on a bad job id; 125 on failure.
+    /// Exit status: 0; 2 on a bad job id or value; 125 on failure (a limit's controller
+    /// missing: nothing is made).
     Create(JobCreateArgs),
     /// Run a command inside the job's cgroup: cgjob joins it, then execs the command (a job
     /// wrapper, Grid Engine's starter_method).
@@ -425,6 +427,9 @@ pub struct JobCreateArgs {
     /// With --timeout: the grace between the SIGTERM and the kill.
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = config::parse_duration, requires = "timeout")]
     pub kill_after: Duration,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Print the result as JSON on stdout.
     #[arg(long)]

@@ -155,7 +155,7 @@ pub fn apply_v2(cg: &Cgroup, limits: &Limits) -> Result<(), CgroupFsError> {
 }
 
 /// What a job's cgroup(s) counted. `None` where the kernel does not keep the figure.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Highest memory use (`memory.peak`, 5.19; v1 `memory.max_usage_in_bytes`).
     pub memory_peak_bytes: Option<u64>,

@@ -13,8 +13,9 @@ use crate::cli::{
 };
 use crate::daemon::client::{self, Client};
 use crate::job::batch::{self, JobId, Scheduler};
-use crate::job::cleanup::{self, CleanupSpec, Sweep};
+use crate::job::cleanup::{self, CleanupSpec, CreateSpec, Sweep};
 use crate::job::leftovers::Tracker;
+use crate::job::limits::LimitsVia;
 use crate::job::meta;
 use crate::job::place;
 use crate::job::policy::exit;
@@ -126,6 +127,7 @@ fn create(a: JobCreateArgs) -> Result<i32, Failure> {
         }
         Some(t) => Some(meta::TimeLimit::new(t, a.kill_after)),
     };
+    let (limits, limits_via) = super::run::limits(a.limits);
     let c: cleanup::Created = match daemon(&parent) {
         Some(mut d) => {
             let mut req = json!({"v": 1, "op": "create", "job_id": id.as_str(), "uid": uid, "scheduler": scheduler});
@@ -133,13 +135,29 @@ fn create(a: JobCreateArgs) -> Result<i32, Failure> {
                 req["timeout_ms"] = t.after_ms.into();
                 req["kill_after_ms"] = t.kill_after_ms.into();
             }
+            if !limits.is_empty() {
+                req["limits"] = serde_json::to_value(&limits).expect("limits serialize");
+                req["limits_via"] = match limits_via {
+                    LimitsVia::Auto => "auto",
+                    LimitsVia::CgroupV2 => "cgroup-v2",
+                    LimitsVia::CgroupV1 => "cgroup-v1",
+                }
+                .into();
+            }
             ask(&mut d, req, Duration::ZERO)?
         }
         None => {
             if timeout.is_some() {
                 eprintln!("cgjob: no daemon answers on {}: the job's --timeout is recorded on its cgroup, and enforced once `cgjob daemon` runs", client::socket_path().display());
             }
-            cleanup::create(&parent, &id, scheduler, uid, timeout).map_err(fail)?
+            let spec = CreateSpec {
+                scheduler,
+                uid,
+                timeout,
+                limits,
+                limits_via,
+            };
+            cleanup::create(&parent, &id, &spec).map_err(fail)?
         }
     };
     if !c.stale.is_empty() {
@@ -178,14 +196,8 @@ fn exec(a: JobExecArgs) -> Result<i32, Failure> {
     if a.create && !batch::job_cgroup(&parent, &id).path().is_dir() {
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
-        cleanup::create(
-            &parent,
-            &id,
-            from_env.unwrap_or(Scheduler::Other),
-            uid,
-            None,
-        )
-        .map_err(fail)?;
+        let spec = CreateSpec::plain(from_env.unwrap_or(Scheduler::Other), uid);
+        cleanup::create(&parent, &id, &spec).map_err(fail)?;
     }
     match batch::join(&parent, &id) {
         Ok(_) => {}
@@ -226,7 +238,7 @@ fn attach(a: JobAttachArgs) -> Result<i32, Failure> {
     let cg = existing(&parent, &id)?;
     let mut failed = false;
     for pid in a.pids {
-        if let Err(e) = cg.add_process(pid) {
+        if let Err(e) = crate::job::limits::add_to_job(&cg, pid) {
             let why = match e.errno() {
                 Some(libc::ESRCH) => "no such process".to_string(),
                 _ => e.source.to_string(),
@@ -260,6 +272,9 @@ struct Status {
     cgroup: PathBuf,
     owner: Option<meta::JobMeta>,
     processes: Vec<crate::job::leftovers::Leftover>,
+    /// What the job's cgroups count now.
+    #[serde(default)]
+    usage: Option<crate::job::limits::CurrentUsage>,
 }
 
 fn status(a: JobStatusArgs) -> Result<i32, Failure> {
@@ -279,6 +294,7 @@ fn status(a: JobStatusArgs) -> Result<i32, Failure> {
                 cgroup: cg.path().to_owned(),
                 owner: meta::read(&cg).ok().flatten(),
                 processes: t.leftovers,
+                usage: Some(crate::job::limits::current_usage(&cg)),
             }
         }
     };
@@ -291,6 +307,9 @@ fn status(a: JobStatusArgs) -> Result<i32, Failure> {
         st.cgroup.display(),
         st.processes.len()
     );
+    if let Some(u) = &st.usage {
+        out.push_str(&format!("usage {}\n", describe_usage(u)));
+    }
     out.push_str("PID\tPPID\tUID\tSTATE\tCOMMAND\n");
     for p in &st.processes {
         let cmd = if p.cmdline.is_empty() {
@@ -305,6 +324,40 @@ fn status(a: JobStatusArgs) -> Result<i32, Failure> {
         ));
     }
     Ok(super::write_stdout(out.as_bytes()))
+}
+
+/// `memory 12.0 MiB (peak 20.0 MiB), processes 3 (peak 5), cpu 1.23 s, OOM kills 1`: what is
+/// known.
+fn describe_usage(u: &crate::job::limits::CurrentUsage) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    let mut parts = Vec::new();
+    if let Some(m) = u.memory_bytes {
+        let peak = u
+            .usage
+            .memory_peak_bytes
+            .map(|p| format!(" (peak {})", mib(p)))
+            .unwrap_or_default();
+        parts.push(format!("memory {}{peak}", mib(m)));
+    }
+    if let Some(p) = u.pids {
+        let peak = u
+            .usage
+            .pids_peak
+            .map(|p| format!(" (peak {p})"))
+            .unwrap_or_default();
+        parts.push(format!("processes {p}{peak}"));
+    }
+    if let Some(c) = u.cpu_usage_usec {
+        parts.push(format!("cpu {:.2} s", c as f64 / 1e6));
+    }
+    if let Some(k) = u.usage.oom_kills {
+        parts.push(format!("OOM kills {k}"));
+    }
+    if parts.is_empty() {
+        "unknown".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::cgroup::limits::Limits;
+use crate::config;
 use crate::job::batch::{JobId, Scheduler};
+use crate::job::limits::LimitsVia;
 use crate::job::meta::TimeLimit;
 
 pub const VERSION: u64 = 1;
@@ -41,6 +44,11 @@ pub enum Request {
         /// A wall-clock limit the daemon enforces: SIGTERM when it passes, kill after the
         /// grace (`timeout_ms`, `kill_after_ms`).
         timeout: Option<TimeLimit>,
+        /// Resource limits (`limits`: `{"memory_max": "512M" or bytes, "memory_high",
+        /// "memory_swap_max", "pids_max", "cpu_max": "QUOTA/PERIOD", "cpuset": "0-3"}`) and
+        /// which cgroup version carries them (`limits_via`: auto, cgroup-v2, cgroup-v1).
+        limits: Limits,
+        limits_via: LimitsVia,
     },
     /// Move processes into the job's cgroup.
     Attach {
@@ -106,7 +114,15 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         None => return Err("missing field \"op\"".into()),
     };
     let allowed: &[&str] = match op {
-        "create" => &["job_id", "uid", "scheduler", "timeout_ms", "kill_after_ms"],
+        "create" => &[
+            "job_id",
+            "uid",
+            "scheduler",
+            "timeout_ms",
+            "kill_after_ms",
+            "limits",
+            "limits_via",
+        ],
         "attach" => &["job_id", "pids"],
         "signal" => &["job_id", "signal"],
         "status" => &["job_id"],
@@ -131,6 +147,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                 })?,
             },
             timeout: time_limit(&o)?,
+            limits: limits(&o)?,
+            limits_via: match o.get("limits_via").map(Value::as_str) {
+                None | Some(Some("auto")) => LimitsVia::Auto,
+                Some(Some("cgroup-v2")) => LimitsVia::CgroupV2,
+                Some(Some("cgroup-v1")) => LimitsVia::CgroupV1,
+                _ => {
+                    return Err(
+                        "field \"limits_via\" must be one of auto, cgroup-v2, cgroup-v1".into(),
+                    )
+                }
+            },
         },
         "attach" => Request::Attach {
             job_id: job_id(&o)?,
@@ -206,6 +233,44 @@ fn signal(o: &Map<String, Value>) -> Result<i32, String> {
     crate::process::signals::parse_signal(&s)
         .map(|s| s as i32)
         .map_err(|e| format!("field \"signal\": {}", truncated(&e)))
+}
+
+/// The `limits` object, each value checked by the parser of the matching `cgjob` flag.
+fn limits(o: &Map<String, Value>) -> Result<Limits, String> {
+    let mut l = Limits::default();
+    let Some(v) = o.get("limits") else {
+        return Ok(l);
+    };
+    let Value::Object(m) = v else {
+        return Err("field \"limits\" must be an object".into());
+    };
+    for (k, v) in m {
+        let text = match v {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            Value::Number(n) if n.is_u64() => n.to_string(),
+            _ => {
+                return Err(format!(
+                    "limit {:?} must be a string or a non-negative integer",
+                    truncated(k)
+                ))
+            }
+        };
+        let bad = |e: String| format!("limit {k}: {}", truncated(&e));
+        match k.as_str() {
+            "memory_max" => l.memory_max = Some(config::parse_size(&text).map_err(bad)?),
+            "memory_high" => l.memory_high = Some(config::parse_size(&text).map_err(bad)?),
+            "memory_swap_max" => l.memory_swap_max = Some(config::parse_size(&text).map_err(bad)?),
+            "pids_max" => l.pids_max = Some(config::parse_pids_max(&text).map_err(bad)?),
+            // `cpu.max` form ("50000 100000") or the flag's ("50000/100000").
+            "cpu_max" => {
+                l.cpu_max = Some(config::parse_cpu_max(&text.replacen(' ', "/", 1)).map_err(bad)?)
+            }
+            "cpuset" => l.cpuset = Some(config::parse_cpuset(&text).map_err(bad)?),
+            _ => return Err(format!("unknown limit {:?}", truncated(k))),
+        }
+    }
+    Ok(l)
 }
 
 /// `timeout_ms` (1 ms to [`MAX_TIMEOUT`]) and its `kill_after_ms` (which needs it).
@@ -297,6 +362,8 @@ mod tests {
                     uid: Some(1000),
                     scheduler: Scheduler::Other,
                     timeout: None,
+                    limits: Limits::default(),
+                    limits_via: LimitsVia::Auto,
                 },
             ),
             (
@@ -306,6 +373,8 @@ mod tests {
                     uid: None,
                     scheduler: Scheduler::Slurm,
                     timeout: None,
+                    limits: Limits::default(),
+                    limits_via: LimitsVia::Auto,
                 },
             ),
             (
@@ -363,6 +432,19 @@ mod tests {
             panic!("{line}")
         };
         assert_eq!((t.after_ms, t.kill_after_ms), (60000, 500));
+        // Limits in either form: the flag's text, or as the client serializes them.
+        let line = r#"{"v":1,"op":"create","job_id":"42","limits":{"memory_max":"32M","pids_max":20,"cpu_max":"50000 100000","cpuset":"0"},"limits_via":"cgroup-v1"}"#;
+        let Ok(Request::Create {
+            limits, limits_via, ..
+        }) = p(line)
+        else {
+            panic!("{line}")
+        };
+        assert_eq!(limits_via, LimitsVia::CgroupV1);
+        assert_eq!(
+            serde_json::to_value(&limits).unwrap(),
+            serde_json::json!({"memory_max": 33554432, "memory_high": null, "memory_swap_max": null, "pids_max": 20, "cpu_max": "50000 100000", "cpuset": "0"})
+        );
         let left = t.left();
         assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
     }
@@ -411,6 +493,26 @@ mod tests {
             (
                 r#"{"v":1,"op":"create","job_id":"1","kill_after_ms":5}"#,
                 "needs \"timeout_ms\"",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","limits":{"memory_max":"lots"}}"#,
+                "limit memory_max: invalid size",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","limits":{"pids_max":-1}}"#,
+                "must be a string or a non-negative integer",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","limits":{"gpus":"2"}}"#,
+                "unknown limit \"gpus\"",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","limits":[]}"#,
+                "must be an object",
+            ),
+            (
+                r#"{"v":1,"op":"create","job_id":"1","limits_via":"v3"}"#,
+                "limits_via",
             ),
             (r#"{"v":1,"op":"attach","job_id":"1"}"#, "\"pids\""),
             (

@@ -35,7 +35,7 @@ use super::results::ResultsLog;
 use super::timer::Timer;
 use crate::cgroup::{kill, Cgroup, EventsFile};
 use crate::job::batch::{self, JobId};
-use crate::job::cleanup::{self, Cleaned, CleanupSpec};
+use crate::job::cleanup::{self, Cleaned, CleanupSpec, CreateSpec};
 use crate::job::gc;
 use crate::job::leftovers::{EndedBy, Tracker};
 use crate::job::meta::{self, JobMeta, TimeLimit};
@@ -1002,8 +1002,17 @@ impl Daemon {
                 uid,
                 scheduler,
                 timeout,
+                limits,
+                limits_via,
             } => {
                 let uid = uid.unwrap_or(peer.uid);
+                let spec = CreateSpec {
+                    scheduler,
+                    uid,
+                    timeout,
+                    limits,
+                    limits_via,
+                };
                 auth::may_create_for(peer, uid)?;
                 // An existing cgroup of the same id is reused, and whatever runs in it killed
                 // as stale: only its owner (or root) may do that.
@@ -1025,7 +1034,7 @@ impl Daemon {
                     let parent = self.cfg.parent.clone();
                     let id = job_id.clone();
                     self.spawn_worker(format!("create-{job_id}"), move || {
-                        let result = cleanup::create(&parent, &id, scheduler, uid, timeout)
+                        let result = cleanup::create(&parent, &id, &spec)
                             .map_err(|e| crate::commands::error_line(&e));
                         Done::Created {
                             client: token,
@@ -1044,7 +1053,7 @@ impl Daemon {
                     }
                     return Ok(None);
                 }
-                let c = cleanup::create(&self.cfg.parent, &job_id, scheduler, uid, timeout)
+                let c = cleanup::create(&self.cfg.parent, &job_id, &spec)
                     .map_err(|e| crate::commands::error_line(&e))?;
                 self.created(&job_id, uid, timeout, &c);
                 Ok(Some(val(&c)))
@@ -1056,7 +1065,7 @@ impl Daemon {
                 let mut failed = Vec::new();
                 for pid in pids {
                     let r = auth::may_move(peer, pid, procinfo::read_uid(pid)).and_then(|()| {
-                        cg.add_process(pid).map_err(|e| match e.errno() {
+                        crate::job::limits::add_to_job(&cg, pid).map_err(|e| match e.errno() {
                             Some(libc::ESRCH) => format!("no such process {pid}"),
                             _ => format!("cannot move process {pid}: {}", e.source),
                         })
@@ -1089,6 +1098,7 @@ impl Daemon {
                     "cgroup": cg.path(),
                     "owner": val(&meta::read(&cg).ok().flatten()),
                     "processes": val(&t.leftovers),
+                    "usage": val(&crate::job::limits::current_usage(&cg)),
                     "cleaning": self.jobs.get(job_id.as_str()).is_some_and(|w| w.cleaning),
                 })))
             }

@@ -94,12 +94,13 @@ pub fn job_cgroup(parent: &Path, id: &JobId) -> Cgroup {
     Cgroup::at(parent.join(id.cgroup_name()))
 }
 
-/// Move the calling process into the job cgroup (write `0` to its `cgroup.procs`): what a
-/// job wrapper does before it execs the job, and what the Slurm plugin does in each task
-/// before the task execs. Returns the cgroup's path.
+/// Move the calling process into the job cgroup (write `0` to its `cgroup.procs`), and into
+/// the job's v1 limit cgroups if it has any: what a job wrapper does before it execs the job,
+/// and what the Slurm plugin does in each task before the task execs. Returns the cgroup's
+/// path.
 pub fn join(parent: &Path, id: &JobId) -> Result<PathBuf, CgroupFsError> {
     let cg = job_cgroup(parent, id);
-    cg.add_process(0)?;
+    super::limits::add_to_job(&cg, 0)?;
     Ok(cg.path().to_owned())
 }
 

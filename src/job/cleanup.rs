@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{self, JobId, Scheduler};
 use super::leftovers::{Leftover, Tracker};
+use super::limits::{self, LimitsError, LimitsVia};
 use super::meta::{self, JobMeta};
 use super::place::PlaceError;
 use crate::cgroup::kill::{self, KillError, KillMethod, KillRequest};
-use crate::cgroup::{Cgroup, CgroupFsError, EventsFile};
+use crate::cgroup::limits::Limits;
+use crate::cgroup::{mount, v1, Cgroup, CgroupFsError, EventsFile};
 use crate::process::procinfo;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,8 @@ pub enum JobError {
     Kill(#[from] KillError),
     #[error("no cgroup for job {0} (was `cgjob job create` run for it?)")]
     NoSuchJob(JobId),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 /// What `create` did.
@@ -38,18 +42,39 @@ pub struct Created {
     pub created: bool,
     /// Processes of an earlier job with the same id, found in the cgroup and killed.
     pub stale: Vec<Leftover>,
+    /// The job's resource limits, and where they were applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<serde_json::Value>,
+}
+
+/// What `create` makes.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub scheduler: Scheduler,
+    /// The job's user.
+    pub uid: u32,
+    pub timeout: Option<meta::TimeLimit>,
+    pub limits: Limits,
+    pub limits_via: LimitsVia,
+}
+
+impl CreateSpec {
+    /// A job of `uid`, without a time limit or resource limits.
+    pub fn plain(scheduler: Scheduler, uid: u32) -> CreateSpec {
+        CreateSpec {
+            scheduler,
+            uid,
+            timeout: None,
+            limits: Limits::default(),
+            limits_via: LimitsVia::Auto,
+        }
+    }
 }
 
 /// Make the cgroup of job `id` (idempotent). A cgroup that already holds processes belongs
 /// to an earlier job with the same id — the prolog runs before any process of this job
 /// exists — so they are killed and reported, and the cgroup is reused.
-pub fn create(
-    parent: &Path,
-    id: &JobId,
-    scheduler: Scheduler,
-    uid: u32,
-    timeout: Option<meta::TimeLimit>,
-) -> Result<Created, JobError> {
+pub fn create(parent: &Path, id: &JobId, spec: &CreateSpec) -> Result<Created, JobError> {
     if !parent.is_dir() {
         Cgroup::ensure(parent).map_err(PlaceError::from)?;
     }
@@ -75,9 +100,19 @@ pub fn create(
             return Err(PlaceError::from(CgroupFsError::new("create cgroup", cg.path(), e)).into())
         }
     };
+    let limits = match apply_limits(&cg, spec) {
+        Ok(l) => l,
+        Err(e) => {
+            if created {
+                // Nothing of a job whose limits cannot be had is left.
+                let _ = cg.remove();
+            }
+            return Err(e);
+        }
+    };
     let record = JobMeta {
-        timeout,
-        ..JobMeta::for_batch(id.as_str(), scheduler, uid)
+        timeout: spec.timeout,
+        ..JobMeta::for_batch(id.as_str(), spec.scheduler, spec.uid)
     };
     if let Err(e) = meta::write(&cg, &record) {
         tracing::warn!(error = %e, "cannot record the job's owner on its cgroup");
@@ -87,7 +122,33 @@ pub fn create(
         cgroup: cg.path().to_owned(),
         created,
         stale,
+        limits,
     })
+}
+
+/// Put the job's resource limits in place on its cgroup (v2), or on v1 cgroups beside it
+/// (hybrid hosts), which the processes that join the job join too. Those of an earlier job of
+/// the same id go first. The record of what was applied, `None` without limits.
+fn apply_limits(cg: &Cgroup, spec: &CreateSpec) -> Result<Option<serde_json::Value>, JobError> {
+    limits::remove_v1_beside(cg);
+    if spec.limits.is_empty() {
+        return Ok(None);
+    }
+    let rel = mount::find()
+        .ok()
+        .and_then(|m| {
+            cg.path()
+                .strip_prefix(&m.mount_point)
+                .ok()
+                .map(Path::to_owned)
+        })
+        .unwrap_or_else(|| cg.path().strip_prefix("/").unwrap_or(cg.path()).to_owned());
+    let l = limits::setup(cg, &rel, &spec.limits, spec.limits_via, &v1::find())?
+        .expect("limits were asked for");
+    tracing::info!(applied_via = %l.via, "resource limits set");
+    Ok(Some(
+        serde_json::to_value(l.record(None)).expect("limits serialize"),
+    ))
 }
 
 /// How long kill passes go on before what is left is declared unkillable.
@@ -130,6 +191,9 @@ pub struct Cleaned {
     /// cgjob and its ancestors moved out of the cgroup before the kill (`--spare-ancestors`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spared: Vec<i32>,
+    /// What the job's cgroups counted (memory peak, OOM kills, CPU time, …), read at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<limits::CurrentUsage>,
 }
 
 /// Empty and remove the cgroup of job `id`: SIGTERM everything (and SIGCONT the stopped),
@@ -194,9 +258,13 @@ pub fn cleanup(parent: &Path, id: &JobId, spec: &CleanupSpec) -> Result<Cleaned,
         clean = clean && wait_gone(None, &t, Instant::now() + spec.kill_timeout)?;
     }
     t.mark_at_end();
+    let usage = exists.then(|| limits::current_usage(&cg));
     let removed = if exists && clean {
         match cg.remove() {
-            Ok(()) => true,
+            Ok(()) => {
+                limits::remove_v1_beside(&cg);
+                true
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot remove the job cgroup");
                 false
@@ -214,6 +282,7 @@ pub fn cleanup(parent: &Path, id: &JobId, spec: &CleanupSpec) -> Result<Cleaned,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         cgroup_removed: removed,
         spared,
+        usage,
     })
 }
 

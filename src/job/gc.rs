@@ -10,8 +10,6 @@ use serde::Serialize;
 use super::leftovers::{Leftover, Tracker};
 use super::meta;
 use crate::cgroup::kill::{self, KillError, KillRequest};
-use crate::cgroup::limits::Controller;
-use crate::cgroup::v1;
 use crate::cgroup::{Cgroup, CgroupFsError, EventsFile};
 
 /// An empty scheduler job cgroup younger than this is left alone (its tasks may not have
@@ -137,7 +135,9 @@ pub fn collect(cg: &Cgroup, dry_run: bool) -> Result<Option<StaleJob>, GcError> 
         match cg.remove() {
             Err(e) if !e.is_gone() => return Err(e.into()),
             _ => {
-                remove_v1_beside(cg);
+                // A job with limits on a hybrid host had v1 cgroups beside: its supervisor
+                // could not remove them.
+                super::limits::remove_v1_beside(cg);
                 GcOutcome::Removed
             }
         }
@@ -154,44 +154,6 @@ pub fn collect(cg: &Cgroup, dry_run: bool) -> Result<Option<StaleJob>, GcError> 
         outcome,
         processes: std::mem::take(&mut tracker.leftovers),
     }))
-}
-
-/// A job with limits on a hybrid host had a v1 cgroup per controller at the same path
-/// relative to each v1 hierarchy as its v2 cgroup: remove those its supervisor could not.
-/// They are empty now (the same processes were in the v2 one); one that is not, or is not
-/// there, is left alone.
-fn remove_v1_beside(cg: &Cgroup) {
-    let Ok(text) = crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let Some(rel) = crate::cgroup::mount::parse_mountinfo(&text)
-        .iter()
-        .filter_map(|m| cg.path().strip_prefix(&m.mount_point).ok())
-        .min_by_key(|r| r.components().count())
-        .map(Path::to_owned)
-    else {
-        return;
-    };
-    if rel.as_os_str().is_empty() {
-        return;
-    }
-    for m in v1::parse_mountinfo(&text) {
-        let ours = m
-            .controllers
-            .iter()
-            .any(|c| Controller::ALL.iter().any(|k| k.name() == c));
-        let dir = m.mount_point.join(&rel);
-        if ours && dir.is_dir() {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => {
-                    tracing::info!(cgroup = %dir.display(), "removed the job's cgroup v1 cgroup")
-                }
-                Err(e) => {
-                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove the job's cgroup v1 cgroup")
-                }
-            }
-        }
-    }
 }
 
 /// Kill passes until `populated 0`, bounded. Returns whether it emptied.

@@ -191,6 +191,96 @@ impl JobLimits {
     }
 }
 
+/// The v1 cgroups of job cgroup `job` (made for its limits on a hybrid host): the
+/// directories at the same path below each v1 hierarchy of a limit controller as `job` is
+/// below the cgroup2 mount. Empty on pure v2 hosts and for jobs without v1 limits.
+pub fn v1_beside(job: &Cgroup) -> Vec<V1Cgroup> {
+    let Ok(text) = crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let Some(rel) = crate::cgroup::mount::parse_mountinfo(&text)
+        .iter()
+        .filter_map(|m| job.path().strip_prefix(&m.mount_point).ok())
+        .min_by_key(|r| r.components().count())
+        .map(Path::to_owned)
+        .filter(|r| !r.as_os_str().is_empty())
+    else {
+        return Vec::new();
+    };
+    let mounts = v1::parse_mountinfo(&text);
+    Controller::ALL
+        .iter()
+        .filter_map(|c| {
+            let m = v1::mount_for(&mounts, *c)?;
+            let dir = m.mount_point.join(&rel);
+            dir.is_dir().then(|| V1Cgroup {
+                controller: *c,
+                cg: Cgroup::at(dir),
+            })
+        })
+        .collect()
+}
+
+/// Move `pid` (0: the caller) into job cgroup `job` and into its v1 limit cgroups, if it has
+/// any: what joining a job means when its limits are on v1.
+pub fn add_to_job(job: &Cgroup, pid: i32) -> Result<(), CgroupFsError> {
+    job.add_process(pid)?;
+    for v in v1_beside(job) {
+        v.cg.add_process(pid)?;
+    }
+    Ok(())
+}
+
+/// Remove the v1 limit cgroups of a job cgroup that is gone (empty, then). Whether all went.
+pub fn remove_v1_beside(job: &Cgroup) -> bool {
+    let mut all = true;
+    for v in v1_beside(job) {
+        match v.remove() {
+            Ok(()) => {
+                tracing::info!(cgroup = %v.cg.path().display(), "removed the job's cgroup v1 cgroup")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove the job's cgroup v1 cgroup");
+                all = false;
+            }
+        }
+    }
+    all
+}
+
+/// What a job's cgroups count now: `usage` (peaks, OOM kills, throttling) and the current
+/// memory, process count and CPU time (`memory.current`, `pids.current`, `cpu.stat`; v1
+/// `memory.usage_in_bytes`, `pids.current`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct CurrentUsage {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpu_usage_usec: Option<u64>,
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+pub fn current_usage(job: &Cgroup) -> CurrentUsage {
+    let v1 = v1_beside(job);
+    let mut usage = limits::usage_v2(job);
+    for v in &v1 {
+        usage.merge(v.usage());
+    }
+    let v1_file = |c: Controller, f: &str| {
+        v1.iter()
+            .find(|v| v.controller == c)
+            .and_then(|v| limits::read_u64(&v.cg, f))
+    };
+    CurrentUsage {
+        memory_bytes: limits::read_u64(job, "memory.current")
+            .or_else(|| v1_file(Controller::Memory, "memory.usage_in_bytes")),
+        pids: limits::read_u64(job, "pids.current")
+            .or_else(|| v1_file(Controller::Pids, "pids.current")),
+        cpu_usage_usec: limits::read_key(job, "cpu.stat", "usage_usec"),
+        usage,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
