@@ -22,11 +22,21 @@ fn run_json(t: &TestJob, limits: &[&str], cmd: &[&str]) -> (std::process::Output
     (o, rec)
 }
 
+/// `CGJOB_TEST_LIMITS_VIA` (`cgroup-v2` or `cgroup-v1`): where the host must put the limits
+/// (set by the pure-v2 QEMU lane, tests/vm/run.sh). Unset: either version passes.
+fn expected_via() -> Option<String> {
+    std::env::var("CGJOB_TEST_LIMITS_VIA").ok()
+}
+
 /// The limits were applied through a cgroup version, and nothing of them is left: the job
 /// cgroup and every v1 cgroup of the job removed.
 fn assert_limits_gone(t: &TestJob, rec: &Value, v1_jobs: &[PathBuf]) {
     let via = rec["limits"]["applied_via"].as_str().unwrap();
     assert!(via == "cgroup-v1" || via == "cgroup-v2", "{rec}");
+    eprintln!("applied via {}", rec["limits"]["applied_via"]);
+    if let Some(want) = expected_via() {
+        assert_eq!(via, want, "CGJOB_TEST_LIMITS_VIA: {rec}");
+    }
     let listed: Vec<PathBuf> = rec["limits"]["v1_cgroups"]
         .as_array()
         .unwrap()
@@ -61,7 +71,6 @@ fn a_memory_hog_over_memory_max_is_oom_killed_and_the_record_says_so() {
     assert!(peak <= 32 << 20 && peak > 16 << 20, "peak {peak}: {rec}");
     assert_eq!(rec["limits"]["memory_max"], 32u64 << 20);
     assert!(err.contains("killed by the OOM killer"), "{err}");
-    eprintln!("applied via {}", rec["limits"]["applied_via"]);
     assert_limits_gone(&t, &rec, &v1);
 }
 
@@ -164,6 +173,12 @@ fn the_command_starts_inside_its_limit_cgroups_with_clone3_and_with_fork_join() 
                     "{method}: {c} in {line}"
                 );
             }
+        } else {
+            // Pure v2: born into the job cgroup, which holds the limits.
+            assert!(
+                out.contains(&format!("0::/{}\n", rel.display())),
+                "{method}: not in the job cgroup: {out}"
+            );
         }
         assert_limits_gone(&t, &rec, &v1);
     }
@@ -232,6 +247,13 @@ fn a_missing_controller_exits_125_naming_it() {
         .unwrap_or_default()
         .split_whitespace()
         .any(|c| c == "memory");
+    if let Some(want) = expected_via() {
+        assert_eq!(
+            v2_memory,
+            want == "cgroup-v2",
+            "CGJOB_TEST_LIMITS_VIA={want}, memory in v2 is {v2_memory}"
+        );
+    }
     if v2_memory {
         // Pure v2 with memory delegated: v1 is what is missing.
         refused(
@@ -292,8 +314,11 @@ fn limit_cgroups_go_when_the_supervisor_is_killed_by_its_guardian_or_by_gc() {
             .spawn()
             .unwrap();
         let job = t.job_cgroup();
+        // Started, and the supervisor has recorded itself as the job's owner (just after the
+        // start): a cgroup without that record is not cgjob's, and gc leaves it alone.
         t.wait_for("the job to start", LIMIT, || {
             std::fs::read_to_string(job.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+                && has_owner_record(&job)
         });
         for p in &v1 {
             if p.ends_with("job") && !p.to_string_lossy().contains("cpu") {
@@ -326,12 +351,176 @@ fn limit_cgroups_go_when_the_supervisor_is_killed_by_its_guardian_or_by_gc() {
             let o = run_bounded(gc, LIMIT);
             assert_eq!(code(&o), 0, "{}", stderr_of(&o));
         }
-        t.wait_for("the job cgroup to go", LIMIT, || !job.exists());
+        let end = std::time::Instant::now() + LIMIT;
+        while job.exists() {
+            let state = |f: &str| std::fs::read_to_string(job.join(f)).unwrap_or_default();
+            assert!(
+                std::time::Instant::now() < end,
+                "job cgroup left (guardian killed too: {guardian_too}): procs {:?} events {:?}",
+                state("cgroup.procs"),
+                state("cgroup.events")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         for p in &v1 {
             if p.ends_with("job") {
                 t.wait_for("its v1 cgroups to go", LIMIT, || !p.exists());
             }
         }
         t.assert_clean();
+    }
+}
+
+/// `cgjob job …` without any daemon (the VM lane has none).
+fn job(t: &TestJob, args: &[&str]) -> std::process::Output {
+    let mut c = t.job_cmd(args);
+    c.env("CGJOB_SOCKET", t.path("no-daemon.sock"));
+    run_bounded(c, LIMIT)
+}
+
+fn json_of(o: &std::process::Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} / {}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr_of(o)
+        )
+    })
+}
+
+/// A scheduler's job made with limits (`cgjob job create`): every process that joins it
+/// (`cgjob job exec`) is under them — on a hybrid host through v1 cgroups it joins beside the
+/// v2 one — status shows what it uses, the cleanup record what it used, and nothing of the
+/// limits is left after it.
+#[test]
+fn a_scheduler_job_gets_its_limits_and_every_process_that_joins_it_too() {
+    let mut t = TestJob::new("lim-job");
+    let v1 = t.prepare_limits_for(&["job-lim"]);
+    let o = job(
+        &t,
+        &[
+            "create",
+            "--job-id",
+            "lim",
+            "--memory-max",
+            "32M",
+            "--pids-max",
+            "20",
+            "--json",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let created = json_of(&o);
+    let via = created["limits"]["applied_via"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eprintln!("applied via {:?}", via);
+    if let Some(want) = expected_via() {
+        assert_eq!(via, want, "{created}");
+    }
+    assert_eq!(created["limits"]["memory_max"], 32u64 << 20);
+
+    // A memory hog that joins the job is OOM-killed at the job's limit.
+    let o = job(
+        &t,
+        &[
+            "exec",
+            "--job-id",
+            "lim",
+            "--",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=100M",
+            "count=1",
+        ],
+    );
+    assert_eq!(code(&o), 137, "{}", stderr_of(&o));
+    // A fork loop that joins it meets its process limit.
+    // (The children stay, in the job, without the output: `cgjob job exec` is not a
+    // supervisor and does not wait for them.)
+    let script = r#"$| = 1; my $n = 0; for (1..40) { my $p = fork; if (!defined $p) { print "fork failed: ", ($!{EAGAIN} ? "EAGAIN" : "$!"), "\n"; last } if ($p == 0) { close STDOUT; close STDERR; sleep 60; exit 0 } $n++ } print "forked $n\n"; exit 0"#;
+    let o = job(&t, &["exec", "--job-id", "lim", "--", "perl", "-e", script]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    assert!(out.contains("fork failed: EAGAIN"), "{out}");
+    assert!(out.contains("forked 19"), "{out}");
+
+    // Status: what the job holds and has used.
+    let o = job(&t, &["status", "--job-id", "lim", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let st = json_of(&o);
+    let u = &st["usage"];
+    assert_eq!(st["processes"].as_array().unwrap().len(), 19, "{st}");
+    assert_eq!(u["pids"], 19, "{st}");
+    assert!(u["oom_kills"].as_u64().unwrap() >= 1, "{st}");
+    let peak = u["memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak <= 32 << 20 && peak > 16 << 20, "peak {peak}: {st}");
+    assert!(u["memory_bytes"].as_u64().unwrap() > 0, "{st}");
+    let o = job(&t, &["status", "--job-id", "lim"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("usage memory "),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // Cleanup: the record says what was used; the job's cgroups of both versions are gone.
+    let o = job(
+        &t,
+        &["cleanup", "--job-id", "lim", "--grace", "0", "--json"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let rec = json_of(&o);
+    assert_eq!(rec["cgroup_removed"], true, "{rec}");
+    assert_eq!(rec["leftovers"].as_array().unwrap().len(), 19);
+    assert!(rec["usage"]["oom_kills"].as_u64().unwrap() >= 1, "{rec}");
+    assert!(!t.parent.join("job-lim").exists());
+    for p in &v1 {
+        assert!(!p.exists(), "v1 cgroup {} left behind", p.display());
+    }
+    assert!(t.survivors().is_empty(), "{:?}", t.survivors());
+}
+
+/// `cgjob job create` with limits it cannot have: 125 naming the controller, or 2 for a bad
+/// value; no cgroup of either version is made.
+#[test]
+fn a_scheduler_job_without_its_controller_or_with_a_bad_value_is_not_made() {
+    let mut t = TestJob::new("lim-jobbad");
+    let v1 = t.prepare_limits_for(&["job-x"]);
+    let v2_memory = std::fs::read_to_string(t.root.join("cgjob-test/cgroup.subtree_control"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "memory");
+    // The version that lacks memory here.
+    let missing = if v2_memory { "cgroup-v1" } else { "cgroup-v2" };
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["--limits-via", missing, "--memory-max", "32M"],
+            125,
+            "memory controller is not available",
+        ),
+        (&["--memory-max", "lots"], 2, "invalid size"),
+        (&["--pids-max", "0"], 2, "invalid process count"),
+        (&["--cpus", "half"], 2, "invalid CPU count"),
+    ];
+    for (args, want, needle) in cases {
+        let mut full = vec!["create", "--job-id", "x"];
+        full.extend_from_slice(args);
+        let o = job(&t, &full);
+        let err = stderr_of(&o);
+        assert_eq!(code(&o), *want, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.starts_with("cgjob: ") && err.contains(needle),
+            "{needle:?} in {err}"
+        );
+        assert!(
+            !t.parent.join("job-x").exists(),
+            "{args:?} left the job cgroup"
+        );
+        for p in &v1 {
+            assert!(!p.exists(), "{args:?} left {}", p.display());
+        }
     }
 }

@@ -150,6 +150,12 @@ impl TestJob {
     /// would make for the job on a hybrid host (`<v1 mount>/cgjob-test/<test>/job`, deepest
     /// first). Returns those v1 job cgroups.
     pub fn prepare_limits(&mut self) -> Vec<PathBuf> {
+        self.prepare_limits_for(&["job"])
+    }
+
+    /// [`TestJob::prepare_limits`] for job cgroups named `jobs` (`job-<id>` for scheduler
+    /// jobs).
+    pub fn prepare_limits_for(&mut self, jobs: &[&str]) -> Vec<PathBuf> {
         let top = self.root.join("cgjob-test");
         if let Ok(avail) = std::fs::read_to_string(top.join("cgroup.controllers")) {
             for c in avail.split_whitespace() {
@@ -157,15 +163,17 @@ impl TestJob {
             }
         }
         let rel = self.parent.strip_prefix(&self.root).unwrap().to_owned();
-        let mut jobs = Vec::new();
+        let mut out = Vec::new();
         for m in v1_mounts(&["memory", "pids", "cpu", "cpuset"]) {
-            let job = m.join(&rel).join("job");
-            self.on_drop_remove(job.clone());
+            for name in jobs {
+                let job = m.join(&rel).join(name);
+                self.on_drop_remove(job.clone());
+                out.push(job);
+            }
             self.on_drop_remove(m.join(&rel));
             self.on_drop_remove(m.join("cgjob-test"));
-            jobs.push(job);
         }
-        jobs
+        out
     }
 
     /// Write a bash script into the scratch directory; returns its path.
@@ -544,4 +552,19 @@ pub fn set_owner_record(cg: &Path, attr: &std::ffi::CStr, json: &str) {
         )
     };
     assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+/// Whether cgroup `cg` has cgjob's owner record (as root: `trusted.cgjob.job`).
+pub fn has_owner_record(cg: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(cg.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings; a zero-size query of the value's length.
+    unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"trusted.cgjob.job".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        ) > 0
+    }
 }
