@@ -514,3 +514,41 @@ fn a_create_that_must_kill_stale_processes_does_not_hold_up_other_clients() {
     );
     ok(&c.rq(json!({"v":1,"op":"cleanup","job_id":"s","grace_ms":0})));
 }
+
+/// Limits through the daemon: `create` with a `limits` object; a process attached joins the
+/// limit cgroups too (v1 ones beside the job on a hybrid host); status shows the usage; the
+/// cleanup removes them all.
+#[test]
+fn a_job_created_with_limits_through_the_daemon_holds_what_is_attached() {
+    let mut t = TestJob::new("dlimits");
+    let v1 = t.prepare_limits_for(&["job-dl"]);
+    let d = Daemon::start(&t);
+    let mut c = d.conn();
+    refused(
+        &c.rq(json!({"v":1,"op":"create","job_id":"dl","limits":{"pids_max":"none"}})),
+        "limit pids_max: invalid process count",
+    );
+    assert!(!t.parent.join("job-dl").exists());
+    let r = ok(&c
+        .rq(json!({"v":1,"op":"create","job_id":"dl","limits":{"pids_max":5,"memory_max":"64M"}})))
+    .clone();
+    assert_eq!(r["limits"]["pids_max"], 5, "{r}");
+    let mut s = sleeper(&t, "exec sleep 1071");
+    attach(&mut c, "dl", s.id());
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", s.id())).unwrap();
+    for l in cgroups.lines() {
+        let joined = l.ends_with("/job-dl");
+        let ctl = l.split(':').nth(1).unwrap_or_default();
+        let limit_ctl = ctl.split(',').any(|x| x == "pids" || x == "memory");
+        if ctl.is_empty() || (r["limits"]["applied_via"] == "cgroup-v1" && limit_ctl) {
+            assert!(joined, "not in the job's cgroup: {l} ({cgroups})");
+        }
+    }
+    let st = ok(&c.rq(json!({"v":1,"op":"status","job_id":"dl"}))).clone();
+    assert_eq!(st["usage"]["pids"], 1, "{st}");
+    ok(&c.rq(json!({"v":1,"op":"cleanup","job_id":"dl","grace_ms":0})));
+    assert_eq!(ended(&mut s).signal(), Some(libc::SIGTERM));
+    for p in &v1 {
+        assert!(!p.exists(), "v1 cgroup {} left behind", p.display());
+    }
+}
