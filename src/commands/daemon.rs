@@ -31,7 +31,8 @@ pub struct DaemonArgs {
     pub results: PathBuf,
 
     /// Write metrics in Prometheus text format to PATH (for node_exporter's textfile
-    /// collector, e.g. /var/lib/prometheus/node-exporter/cgjob.prom), rewritten on change.
+    /// collector, e.g. /var/lib/prometheus/node-exporter/cgjob.prom), rewritten on change,
+    /// at most once a second.
     #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub metrics: Option<PathBuf>,
 

@@ -1,6 +1,8 @@
 //! The daemon's metrics in Prometheus text format, written to a file for node_exporter's
 //! textfile collector: rewritten (to a temporary file, then renamed, so a scrape never reads
-//! half a file) after a batch of events changed something, never on a timer.
+//! half a file) when something changed, at most once a second (so the first change after a
+//! quiet spell shows at once, and a busy daemon does not rewrite it for every request); never
+//! on a timer while nothing changes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -104,6 +104,12 @@ const JOB: u64 = 1 << 48;
 /// A subscriber that lets this much output pile up unread is dropped.
 const MAX_OUTPUT: usize = 4 * 1024 * 1024;
 
+/// The metrics file is rewritten at most this often (a scrape reads it every 15 s or so).
+/// Rewritten after every request, it took about a third of the loop's time under load (a
+/// file created, then renamed over the old one, which on ext4 also starts its writeback) and
+/// lengthened every reply: `cargo bench --bench daemon_load`.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Client {
     stream: UnixStream,
     peer: Peer,
@@ -192,6 +198,8 @@ pub struct Daemon {
     metrics: Metrics,
     /// The metrics changed since they were last written.
     dirty: bool,
+    /// When the metrics file was last written.
+    metrics_written: Option<Instant>,
 }
 
 /// Bind the socket: its directory made 0755, the socket 0666 (anyone may connect; what they
@@ -282,6 +290,7 @@ impl Daemon {
             paused: false,
             metrics,
             dirty: true,
+            metrics_written: None,
         };
         let ins = EpollFlags::EPOLLIN;
         d.epoll
@@ -476,6 +485,7 @@ impl Daemon {
         let Some(f) = &self.cfg.metrics else {
             return;
         };
+        self.metrics_written = Some(Instant::now());
         self.metrics.jobs = self.jobs.len() as u64;
         self.metrics.jobs_populated = self.jobs.values().filter(|w| w.populated).count() as u64;
         if let Err(e) = f.write(&self.metrics) {
@@ -609,14 +619,14 @@ impl Daemon {
     pub fn run(&mut self) -> Result<(), DaemonError> {
         let mut events = vec![EpollEvent::empty(); 64];
         loop {
-            // Before blocking: whatever the last batch of events changed.
-            if self.dirty {
-                self.write_metrics();
-            }
             if self.deadlines_changed {
                 self.arm_deadlines();
             }
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            // Before blocking: the metrics, if the last batch of events changed them — now,
+            // or (written less than METRICS_INTERVAL ago) when the wait times out. Nothing
+            // changed, no timeout: idle, the daemon does not wake.
+            let timeout = self.write_metrics_when_due();
+            let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(sys("epoll_wait")(e)),
@@ -627,6 +637,9 @@ impl Daemon {
                     SIGNALS => {
                         if let Ok(Some(si)) = self.signals.read_signal() {
                             tracing::info!(signal = si.ssi_signo, "stopping; jobs keep running");
+                            if self.dirty {
+                                self.write_metrics();
+                            }
                             let _ = std::fs::remove_file(&self.cfg.socket);
                             return Ok(());
                         }
@@ -639,6 +652,27 @@ impl Daemon {
                     t if t >= RUN => self.run_ended(t),
                     t => self.client_ready(t, ev.events()),
                 }
+            }
+        }
+    }
+
+    /// Write the metrics if they changed and the last write is METRICS_INTERVAL old; how
+    /// long the loop may then block: until the next write is due if one is pending, else
+    /// for good.
+    fn write_metrics_when_due(&mut self) -> EpollTimeout {
+        if !self.dirty {
+            return EpollTimeout::NONE;
+        }
+        let due = self.metrics_written.map(|t| t + METRICS_INTERVAL);
+        match due.map(|due| due.saturating_duration_since(Instant::now())) {
+            Some(left) if !left.is_zero() && self.cfg.metrics.is_some() => {
+                // Rounded up, so as not to wake a moment early and spin until due.
+                let ms = left.as_micros().div_ceil(1000) as u64;
+                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
+            }
+            _ => {
+                self.write_metrics();
+                EpollTimeout::NONE
             }
         }
     }

@@ -242,9 +242,10 @@ fn create_attach_status_signal_cleanup_through_the_socket() {
         "no cgroup for job 7",
     );
 
-    // The metrics file counts it all. It is rewritten before the daemon next blocks; a
-    // textfile for node_exporter is read whenever, so allow it a moment (bounded) to catch up
-    // with the refusal just answered, then check every figure.
+    // The metrics file counts it all. It is rewritten at most once a second (at once after a
+    // quiet second, else when the second is up); a textfile for node_exporter is read
+    // whenever, so allow it a moment (bounded) to catch up with the refusal just answered,
+    // then check every figure.
     ok(&c.rq(json!({"v":1,"op":"list"})));
     t.wait_for(
         "the metrics file to count the refused request",
