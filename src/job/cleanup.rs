@@ -100,7 +100,7 @@ pub fn create(parent: &Path, id: &JobId, spec: &CreateSpec) -> Result<Created, J
             return Err(PlaceError::from(CgroupFsError::new("create cgroup", cg.path(), e)).into())
         }
     };
-    let limits = match apply_limits(&cg, spec) {
+    let limits = match apply_limits(&cg, created, spec) {
         Ok(l) => l,
         Err(e) => {
             if created {
@@ -129,8 +129,15 @@ pub fn create(parent: &Path, id: &JobId, spec: &CreateSpec) -> Result<Created, J
 /// Put the job's resource limits in place on its cgroup (v2), or on v1 cgroups beside it
 /// (hybrid hosts), which the processes that join the job join too. Those of an earlier job of
 /// the same id go first. The record of what was applied, `None` without limits.
-fn apply_limits(cg: &Cgroup, spec: &CreateSpec) -> Result<Option<serde_json::Value>, JobError> {
-    limits::remove_v1_beside(cg);
+fn apply_limits(
+    cg: &Cgroup,
+    created: bool,
+    spec: &CreateSpec,
+) -> Result<Option<serde_json::Value>, JobError> {
+    if !created || !spec.limits.is_empty() {
+        // (A fresh job without limits skips the look at the mount table: the common case.)
+        limits::remove_v1_beside(cg);
+    }
     if spec.limits.is_empty() {
         return Ok(None);
     }

@@ -552,3 +552,31 @@ fn a_job_created_with_limits_through_the_daemon_holds_what_is_attached() {
         assert!(!p.exists(), "v1 cgroup {} left behind", p.display());
     }
 }
+
+/// Replies come in request order, also when one is made on a worker: a client that sends a
+/// cleanup (which waits out its grace period), a hello and a status in one write gets the
+/// cleanup's record first, then the hello, then the status of a job that is gone by then.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let t = TestJob::new("dorder");
+    let d = Daemon::start(&t);
+    let mut c = d.conn();
+    ok(&c.rq(json!({"v":1,"op":"create","job_id":"o"})));
+    let mut s = sleeper(&t, "trap '' TERM; exec sleep 1081");
+    attach(&mut c, "o", s.id());
+    let lines = [
+        json!({"v":1,"op":"cleanup","job_id":"o","grace_ms":300}),
+        json!({"v":1,"op":"hello"}),
+        json!({"v":1,"op":"status","job_id":"o"}),
+    ]
+    .map(|r| r.to_string())
+    .join("\n");
+    c.send(&lines);
+    let first = c.recv().unwrap();
+    assert_eq!(ok(&first)["cgroup_removed"], true, "{first}");
+    assert_eq!(first["leftovers"].as_array().unwrap().len(), 1, "{first}");
+    let second = c.recv().unwrap();
+    assert!(ok(&second)["daemon"].is_string(), "{second}");
+    refused(&c.recv().unwrap(), "no cgroup for job o");
+    assert_eq!(ended(&mut s).signal(), Some(libc::SIGKILL));
+}
