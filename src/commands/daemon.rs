@@ -40,6 +40,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients_per_user: u32,
 
+    /// Most jobs a user other than root may create for themselves through the daemon.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_jobs_per_user: u32,
+
     /// Node policing (off unless given): processes of the --police-uids users running
     /// outside every job cgroup are reported (in the log, the results log and to root's
     /// subscribers), and with `kill` also killed. For nodes where users may run only inside
@@ -119,6 +123,7 @@ pub fn daemon(a: DaemonArgs) -> i32 {
         metrics: a.metrics.as_deref().map(MetricsFile::new),
         police,
         max_clients_per_user: a.max_clients_per_user as usize,
+        max_jobs_per_user: a.max_jobs_per_user as usize,
     };
     let mut d = match Daemon::start(cfg.clone()) {
         Ok(d) => d,

@@ -53,6 +53,8 @@ pub struct Config {
     pub police: Option<Policy>,
     /// Most connections one user (other than root) may hold open at once.
     pub max_clients_per_user: usize,
+    /// Most jobs a user other than root may create for themselves.
+    pub max_jobs_per_user: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1123,6 +1125,15 @@ impl Daemon {
                     return Err(format!(
                         "job {job_id}: its cgroup is being emptied; try again when that ends"
                     ));
+                }
+                if !peer.is_root() && !self.jobs.contains_key(job_id.as_str()) {
+                    let held = self.jobs.values().filter(|w| w.uid == Some(uid)).count();
+                    if held >= self.cfg.max_jobs_per_user {
+                        return Err(format!(
+                            "uid {uid} has {held} jobs already (at most {} for a user other than root)",
+                            self.cfg.max_jobs_per_user
+                        ));
+                    }
                 }
                 let cg = batch::job_cgroup(&self.cfg.parent, &job_id);
                 let stale = EventsFile::open(cg.path())

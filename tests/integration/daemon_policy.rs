@@ -580,3 +580,30 @@ fn pipelined_requests_are_answered_in_order() {
     refused(&c.recv().unwrap(), "no cgroup for job o");
     assert_eq!(ended(&mut s).signal(), Some(libc::SIGKILL));
 }
+
+/// A user other than root may hold `--max-jobs-per-user` jobs; root is not bounded.
+#[test]
+fn a_user_may_hold_only_so_many_jobs() {
+    let t = TestJob::new("djobcap");
+    std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_with(&t, &["--max-jobs-per-user", "2"]);
+    let r = as_nobody(
+        &d.sock,
+        &[
+            json!({"v":1,"op":"create","job_id":"n1"}),
+            json!({"v":1,"op":"create","job_id":"n2"}),
+            json!({"v":1,"op":"create","job_id":"n3"}),
+            // Its own job again: a repeated prolog, not a new one.
+            json!({"v":1,"op":"create","job_id":"n2"}),
+        ],
+    );
+    ok(&r[0]);
+    ok(&r[1]);
+    refused(&r[2], "uid 65534 has 2 jobs already (at most 2");
+    ok(&r[3]);
+    assert!(!t.parent.join("job-n3").exists());
+    let mut c = d.conn();
+    for id in ["r1", "r2", "r3"] {
+        ok(&c.rq(json!({"v":1,"op":"create","job_id":id})));
+    }
+}
