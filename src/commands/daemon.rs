@@ -40,6 +40,11 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients_per_user: u32,
 
+    /// A scheduler's job that has held no process for this long is removed, as its epilog
+    /// would (one that never came); `never` keeps empty jobs until their cleanup.
+    #[arg(long, value_name = "DUR|never", default_value = "1h", value_parser = duration_or_never)]
+    pub remove_empty_after: Never,
+
     /// Most jobs a user other than root may create for themselves through the daemon.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_jobs_per_user: u32,
@@ -73,6 +78,18 @@ pub struct DaemonArgs {
     /// their job).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::config::parse_duration)]
     pub police_min_age: Duration,
+}
+
+/// A duration, or `never` (`None`). (A type of its own: clap takes an `Option` field for
+/// an optional flag.)
+#[derive(Debug, Clone, Copy)]
+pub struct Never(pub Option<Duration>);
+
+fn duration_or_never(s: &str) -> Result<Never, String> {
+    if s.trim() == "never" {
+        return Ok(Never(None));
+    }
+    crate::config::parse_duration(s).map(|d| Never(Some(d)))
 }
 
 fn at_least_a_second(s: &str) -> Result<Duration, String> {
@@ -124,6 +141,7 @@ pub fn daemon(a: DaemonArgs) -> i32 {
         police,
         max_clients_per_user: a.max_clients_per_user as usize,
         max_jobs_per_user: a.max_jobs_per_user as usize,
+        remove_empty_after: a.remove_empty_after.0,
     };
     let mut d = match Daemon::start(cfg.clone()) {
         Ok(d) => d,

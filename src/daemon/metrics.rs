@@ -96,7 +96,7 @@ impl Metrics {
         metric(
             "stale_jobs_removed_total",
             "counter",
-            "Stale job cgroups removed (their supervisor gone, or left over from before a restart).",
+            "Stale job cgroups removed (their supervisor gone, empty for --remove-empty-after, or left over from before a restart).",
             &[("", self.stale_jobs_removed.to_string())],
         );
         metric(

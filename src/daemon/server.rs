@@ -55,6 +55,8 @@ pub struct Config {
     pub max_clients_per_user: usize,
     /// Most jobs a user other than root may create for themselves.
     pub max_jobs_per_user: usize,
+    /// A scheduler's job empty this long is removed (`None`: never).
+    pub remove_empty_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,28 @@ struct Client {
 /// Where a reply goes: a client's token and the sequence number of its request.
 type ReplyTo = (u64, u64);
 
+/// Why a job is cleaned up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// A client asked (the epilog).
+    Request,
+    /// Its time limit passed.
+    Timeout,
+    /// It has been empty for `remove_empty_after` (an epilog that never came).
+    Empty,
+}
+
+impl Why {
+    /// The `kind` of its record in the results log.
+    fn kind(self) -> &'static str {
+        match self {
+            Why::Request => "cleanup",
+            Why::Timeout => "timeout",
+            Why::Empty => "empty",
+        }
+    }
+}
+
 struct Watched {
     uid: Option<u32>,
     events: EventsFile,
@@ -148,6 +172,8 @@ struct Watched {
     cleaning: bool,
     /// When its time limit passes, and the grace between SIGTERM and the kill then.
     deadline: Option<(Instant, Duration)>,
+    /// Since when it holds no process.
+    empty_since: Option<Instant>,
 }
 
 /// A `cgjob run` job under the parent, watched through its supervisor's pidfd.
@@ -163,7 +189,7 @@ enum Done {
         client: Option<ReplyTo>,
         id: JobId,
         uid: Option<u32>,
-        timed_out: bool,
+        why: Why,
         result: Result<Cleaned, String>,
     },
     /// A `create` that found processes of an earlier job of the same id.
@@ -610,6 +636,7 @@ impl Daemon {
             return;
         }
         self.dirty = true;
+        self.deadlines_changed = true;
         self.job_tokens.insert(token, id.to_string());
         self.jobs.insert(
             id.to_string(),
@@ -620,6 +647,7 @@ impl Daemon {
                 token,
                 cleaning: false,
                 deadline: None,
+                empty_since: (!populated).then(Instant::now),
             },
         );
     }
@@ -1030,6 +1058,8 @@ impl Daemon {
         match w.events.read() {
             Ok(ev) if ev.populated != w.populated => {
                 w.populated = ev.populated;
+                w.empty_since = (!ev.populated).then(Instant::now);
+                self.deadlines_changed = true;
                 self.dirty = true;
                 let uid = w.uid;
                 let name = if ev.populated { "populated" } else { "empty" };
@@ -1259,7 +1289,7 @@ impl Daemon {
                 if self.jobs.get(job_id.as_str()).is_some_and(|w| w.cleaning) {
                     return Err(format!("job {job_id}: a cleanup is already running"));
                 }
-                self.start_cleanup(Some(to), &job_id, owner, grace, kill_timeout, false)?;
+                self.start_cleanup(Some(to), &job_id, owner, grace, kill_timeout, Why::Request)?;
                 Ok(None)
             }
         }
@@ -1274,7 +1304,7 @@ impl Daemon {
         owner: Option<u32>,
         grace: Duration,
         kill_timeout: Duration,
-        timed_out: bool,
+        why: Why,
     ) -> Result<(), String> {
         let spec = CleanupSpec {
             grace,
@@ -1291,7 +1321,7 @@ impl Daemon {
                 client,
                 id: id2,
                 uid: owner,
-                timed_out,
+                why,
                 result,
             }
         })?;
@@ -1303,14 +1333,21 @@ impl Daemon {
         Ok(())
     }
 
-    /// Arm the timer for the earliest time limit of a job not being cleaned up.
+    /// When an empty job is removed, if ever.
+    fn empty_until(&self, w: &Watched) -> Option<Instant> {
+        Some(w.empty_since? + self.cfg.remove_empty_after?)
+    }
+
+    /// Arm the timer for the earliest time limit of a job not being cleaned up, or the
+    /// earliest end of a job's time empty.
     fn arm_deadlines(&mut self) {
         self.deadlines_changed = false;
         let next = self
             .jobs
             .values()
             .filter(|w| !w.cleaning)
-            .filter_map(|w| w.deadline.map(|d| d.0))
+            .flat_map(|w| [w.deadline.map(|d| d.0), self.empty_until(w)])
+            .flatten()
             .min();
         if let Err(e) = self.deadline_timer.set(next) {
             tracing::warn!(error = %e, "cannot set the time-limit timer");
@@ -1334,13 +1371,48 @@ impl Daemon {
             tracing::info!(job = %id, "time limit passed; ending the job");
             self.metrics.jobs_timed_out += 1;
             self.emit("timeout", &id, uid, Value::Null);
-            let r =
-                self.start_cleanup(None, &jid, uid, grace, protocol::DEFAULT_KILL_TIMEOUT, true);
+            let r = self.start_cleanup(
+                None,
+                &jid,
+                uid,
+                grace,
+                protocol::DEFAULT_KILL_TIMEOUT,
+                Why::Timeout,
+            );
             if let Err(e) = r {
                 // Tried again at the next wake-up of the timer.
                 tracing::warn!(job = %id, error = %e, "cannot end the job");
                 if let Some(w) = self.jobs.get_mut(&id) {
                     w.deadline = Some((now + Duration::from_secs(1), grace));
+                }
+            }
+        }
+        // Jobs empty for long enough: their epilog never came (or they were made and never
+        // used). Removed as a cleanup would (it finds nothing to kill).
+        let empty: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, w)| !w.cleaning && !w.populated)
+            .filter(|(_, w)| self.empty_until(w).is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in empty {
+            let Ok(jid) = JobId::parse(&id) else { continue };
+            let uid = self.jobs.get(&id).and_then(|w| w.uid);
+            tracing::info!(job = %id, "job empty for --remove-empty-after; removing it");
+            self.metrics.stale_jobs_removed += 1;
+            let r = self.start_cleanup(
+                None,
+                &jid,
+                uid,
+                Duration::ZERO,
+                protocol::DEFAULT_KILL_TIMEOUT,
+                Why::Empty,
+            );
+            if let Err(e) = r {
+                tracing::warn!(job = %id, error = %e, "cannot remove the job");
+                if let Some(w) = self.jobs.get_mut(&id) {
+                    w.empty_since = Some(now);
                 }
             }
         }
@@ -1425,9 +1497,9 @@ impl Daemon {
                     client,
                     id,
                     uid,
-                    timed_out,
+                    why,
                     result,
-                } => self.cleaned(client, id, uid, timed_out, result),
+                } => self.cleaned(client, id, uid, why, result),
                 Done::Stale { name, result } => self.collected(&name, result),
                 Done::Created {
                     client,
@@ -1552,7 +1624,7 @@ impl Daemon {
         client: Option<ReplyTo>,
         id: JobId,
         uid: Option<u32>,
-        timed_out: bool,
+        why: Why,
         result: Result<Cleaned, String>,
     ) {
         let id = id.to_string();
@@ -1576,7 +1648,7 @@ impl Daemon {
                     .filter(|l| matches!(l.ended_by, Some(EndedBy::Killed)))
                     .count() as u64;
                 let v = serde_json::to_value(c).expect("serializes");
-                let kind = if timed_out { "timeout" } else { "cleanup" };
+                let kind = why.kind();
                 let rec = json!({"time": now(), "kind": kind, "uid": uid, "result": v});
                 if let Err(e) = self.cfg.results.append(&rec) {
                     tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
@@ -1588,7 +1660,7 @@ impl Daemon {
                     "cleaned",
                     &id,
                     uid,
-                    json!({"removed": c.cgroup_removed, "unkillable": c.unkillable, "timed_out": timed_out}),
+                    json!({"removed": c.cgroup_removed, "unkillable": c.unkillable, "why": why.kind()}),
                 );
                 if c.cgroup_removed {
                     self.unwatch(&id);

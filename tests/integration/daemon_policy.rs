@@ -607,3 +607,44 @@ fn a_user_may_hold_only_so_many_jobs() {
         ok(&c.rq(json!({"v":1,"op":"create","job_id":id})));
     }
 }
+
+/// A scheduler's job that holds no process for `--remove-empty-after` is removed (its epilog
+/// never came); one with processes is not, until it empties.
+#[test]
+fn a_job_left_empty_is_removed_after_a_while() {
+    let t = TestJob::new("dempty");
+    let d = Daemon::start_with(&t, &["--remove-empty-after", "1s"]);
+    let mut sub = d.conn();
+    ok(&sub.rq(json!({"v":1,"op":"subscribe"})));
+    let mut c = d.conn();
+    let made = Instant::now();
+    ok(&c.rq(json!({"v":1,"op":"create","job_id":"e"})));
+    ok(&c.rq(json!({"v":1,"op":"create","job_id":"busy"})));
+    let mut s = sleeper(&t, "exec sleep 1091");
+    attach(&mut c, "busy", s.id());
+    events_until(&mut sub, ("removed", "e"));
+    assert!(
+        made.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        made.elapsed()
+    );
+    assert!(t.parent.join("job-busy").is_dir());
+    assert!(alive(s.id() as i32));
+    // Once it empties, its turn comes.
+    s.kill().unwrap();
+    s.wait().unwrap();
+    let emptied = Instant::now();
+    events_until(&mut sub, ("removed", "busy"));
+    assert!(emptied.elapsed() >= Duration::from_millis(900));
+    // (The record follows the cgroup's removal.)
+    t.wait_for("both records", IO_LIMIT, || records(&t, "empty").len() == 2);
+    let recs = records(&t, "empty");
+    assert!(recs.iter().all(|r| r["result"]["cgroup_removed"] == true));
+    // `never` keeps them.
+    assert_eq!(d.stop().code(), Some(0));
+    let d = Daemon::start_with(&t, &["--remove-empty-after", "never"]);
+    let mut c = d.conn();
+    ok(&c.rq(json!({"v":1,"op":"create","job_id":"kept"})));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(t.parent.join("job-kept").is_dir());
+}
