@@ -42,7 +42,7 @@ pub struct DaemonArgs {
 
     /// A scheduler's job that has held no process for this long is removed, as its epilog
     /// would (one that never came); `never` keeps empty jobs until their cleanup.
-    #[arg(long, value_name = "DUR|never", default_value = "1h", value_parser = duration_or_never)]
+    #[arg(long, value_name = "DUR|never", default_value = "24h", value_parser = duration_or_never)]
     pub remove_empty_after: Never,
 
     /// Most jobs a user other than root may create for themselves through the daemon.

@@ -12,9 +12,10 @@ use super::meta;
 use crate::cgroup::kill::{self, KillError, KillRequest};
 use crate::cgroup::{Cgroup, CgroupFsError, EventsFile};
 
-/// An empty scheduler job cgroup younger than this is left alone (its tasks may not have
-/// started yet).
-const BATCH_MIN_AGE_SECS: u64 = 3600;
+/// An empty scheduler job cgroup younger than this is left alone: its tasks may not have
+/// started yet, or an allocation may be between steps (a Slurm `salloc` left idle for hours
+/// has nothing on the node, and its next `srun` task must still find its cgroup).
+const BATCH_MIN_AGE_SECS: u64 = 24 * 3600;
 
 /// How long `gc` keeps killing one stale cgroup before giving up on it.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
