@@ -30,13 +30,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{
+    cgjob_bin, cgroup2_mount, env_usize, kill_and_remove_cgroup, median, ms, nearest_rank,
+    poll_one, read_populated, rmdir_retry, sorted, wait_unpopulated, Result,
+};
+
 const WARMUP_RUNS: usize = 10;
 const TARGET_RATIO: f64 = 1.20;
 /// Generous bound for anything that should take well under a second.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-
-type Result<T> = std::result::Result<T, String>;
 
 // ---------------------------------------------------------------------------------------
 // Cleanup registry: guards register what they own so that a panic hook can clean up even
@@ -190,44 +195,6 @@ fn terminate_pid(pid: i32, grace: Duration) {
 // cgroup helpers
 // ---------------------------------------------------------------------------------------
 
-/// The cgroup2 mount point, from /proc/self/mountinfo.
-fn cgroup2_mount() -> Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    for line in info.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        if post.split_whitespace().next() != Some("cgroup2") {
-            continue;
-        }
-        if let Some(mp) = pre.split_whitespace().nth(4) {
-            return Ok(PathBuf::from(unescape_mountinfo(mp)));
-        }
-    }
-    Err("no cgroup2 mount in /proc/self/mountinfo".into())
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Pids in `cg` and all its descendants.
 fn subtree_pids(cg: &Path) -> io::Result<Vec<i32>> {
     let mut pids = Vec::new();
@@ -243,108 +210,6 @@ fn subtree_pids(cg: &Path) -> io::Result<Vec<i32>> {
         }
     }
     Ok(pids)
-}
-
-fn read_populated(events: &mut File) -> io::Result<bool> {
-    let mut s = String::new();
-    events.seek(SeekFrom::Start(0))?;
-    events.read_to_string(&mut s)?;
-    for line in s.lines() {
-        if let Some(v) = line.strip_prefix("populated ") {
-            return Ok(v.trim() != "0");
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "no populated line in cgroup.events",
-    ))
-}
-
-/// Waits (poll POLLPRI, re-reading after every wake-up) until `populated 0`.
-fn wait_unpopulated(events: &mut File, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if !read_populated(events).map_err(|e| format!("read cgroup.events: {e}"))? {
-            return Ok(());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("cgroup still populated after {timeout:?}"));
-        }
-        // Cap the wait so a missed notification costs at most 100 ms, not the timeout.
-        poll_one(
-            events.as_raw_fd(),
-            libc::POLLPRI,
-            left.min(Duration::from_millis(100)),
-        )?;
-    }
-}
-
-/// poll(2) on one fd; Ok(true) if an event arrived, Ok(false) on timeout.
-fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    loop {
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r >= 0 {
-            return Ok(r > 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(format!("poll: {e}"));
-        }
-    }
-}
-
-fn rmdir_retry(path: &Path) -> Result<()> {
-    let mut delay = Duration::from_millis(1);
-    for _ in 0..14 {
-        match fs::remove_dir(path) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
-            Err(e) => return Err(format!("rmdir {}: {e}", path.display())),
-        }
-    }
-    Err(format!("rmdir {}: still busy", path.display()))
-}
-
-/// Best-effort teardown of a cgroup subtree: kill, wait until empty, rmdir bottom-up.
-fn kill_and_remove_cgroup(cg: &Path) -> Result<()> {
-    if !cg.exists() {
-        return Ok(());
-    }
-    if let Ok(mut f) = OpenOptions::new().write(true).open(cg.join("cgroup.kill")) {
-        let _ = f.write_all(b"1");
-    }
-    if let Ok(mut ev) = File::open(cg.join("cgroup.events")) {
-        let _ = wait_unpopulated(&mut ev, Duration::from_secs(10));
-    }
-    // Children first (cgjob might use a leaf below the job cgroup).
-    let mut dirs = vec![cg.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        if let Ok(rd) = fs::read_dir(&dirs[i]) {
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    dirs.push(e.path());
-                }
-            }
-        }
-        i += 1;
-    }
-    for d in dirs.iter().rev() {
-        rmdir_retry(d)?;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -450,44 +315,14 @@ struct Stats {
     max: Duration,
 }
 
+/// Median, p90, min and max of the samples (there is at least one: every run is measured).
 fn stats(samples: &[Duration]) -> Stats {
-    let mut s = samples.to_vec();
-    s.sort();
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2
-    };
-    let p90 = s[((n as f64 * 0.9).ceil() as usize).clamp(1, n) - 1];
+    let s = sorted(samples).expect("at least one sample");
     Stats {
-        median,
-        p90,
+        median: median(&s),
+        p90: nearest_rank(&s, 0.9),
         min: s[0],
-        max: s[n - 1],
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("{name}={v:?}: expected a positive integer")),
-        },
-        Err(_) => Ok(default),
-    }
-}
-
-/// The cgjob binary cargo built for this bench; `CGJOB_BENCH_BIN` overrides it (to measure
-/// an installed binary).
-fn cgjob_bin() -> PathBuf {
-    match std::env::var_os("CGJOB_BENCH_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_cgjob")),
+        max: s[s.len() - 1],
     }
 }
 
@@ -859,9 +694,9 @@ fn run() -> Result<bool> {
     } else {
         (5, 50, 1)
     };
-    let runs = env_usize("CGJOB_BENCH_RUNS", d_runs)?;
-    let nprocs = env_usize("CGJOB_BENCH_PROCS", d_procs)?;
-    let kill_runs = env_usize("CGJOB_BENCH_KILL_RUNS", d_kill)?;
+    let runs = env_usize("CGJOB_BENCH_RUNS", d_runs, usize::MAX)?;
+    let nprocs = env_usize("CGJOB_BENCH_PROCS", d_procs, usize::MAX)?;
+    let kill_runs = env_usize("CGJOB_BENCH_KILL_RUNS", d_kill, usize::MAX)?;
     let mount = cgroup2_mount()?;
 
     if let Err(e) = preflight_tini() {

@@ -44,9 +44,8 @@
 //! broken (a request refused, a cgroup or a process left over, the daemon dying).
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,7 +55,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-type Result<T> = std::result::Result<T, String>;
+mod common;
+
+use common::{
+    cgjob_bin, cgroup2_mount, env_usize, kill_and_remove_cgroup, median, ms, nearest_rank,
+    rmdir_retry, sorted, wait_unpopulated, Result,
+};
 
 const SLEEPERS_PER_JOB: usize = 3;
 /// Every RAW_EVERY-th job has a raw twin cgroup (the baseline).
@@ -120,7 +124,7 @@ fn teardown() {
         }
     }
     for cg in cgroups.iter().rev() {
-        if let Err(e) = remove_tree(cg) {
+        if let Err(e) = kill_and_remove_cgroup(cg) {
             eprintln!("daemon_load bench: cleanup of {}: {e}", cg.display());
         }
     }
@@ -177,123 +181,6 @@ fn stop_child(pid: i32, grace: Duration) -> Option<i32> {
 // ---------------------------------------------------------------------------------------
 // cgroup helpers
 // ---------------------------------------------------------------------------------------
-
-/// The cgroup2 mount from /proc/self/mountinfo (/sys/fs/cgroup first, if there are several).
-fn cgroup2_mount() -> Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    let mut mounts: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| pre.split_whitespace().nth(4).map(unescape_mountinfo))?
-        })
-        .collect();
-    mounts.sort_by_key(|m| m != Path::new("/sys/fs/cgroup"));
-    mounts
-        .into_iter()
-        .next()
-        .ok_or_else(|| "no cgroup2 mount in /proc/self/mountinfo".into())
-}
-
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
-}
-
-fn populated(events: &mut File) -> io::Result<bool> {
-    let mut s = String::new();
-    events.seek(SeekFrom::Start(0))?;
-    events.read_to_string(&mut s)?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("populated "))
-        .map(|v| v.trim() != "0")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no populated line"))
-}
-
-/// Wait (poll POLLPRI, re-reading after each wake-up, at most 100 ms apart) for
-/// `populated 0`.
-fn wait_unpopulated(events: &mut File, timeout: Duration) -> Result<()> {
-    let end = Instant::now() + timeout;
-    loop {
-        if !populated(events).map_err(|e| format!("read cgroup.events: {e}"))? {
-            return Ok(());
-        }
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("cgroup still populated after {timeout:?}"));
-        }
-        let mut pfd = libc::pollfd {
-            fd: events.as_raw_fd(),
-            events: libc::POLLPRI,
-            revents: 0,
-        };
-        let ms = left.min(Duration::from_millis(100)).as_millis() as libc::c_int;
-        // SAFETY: one valid pollfd; EINTR just loops.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
-    }
-}
-
-fn rmdir_retry(path: &Path) -> Result<()> {
-    let mut delay = Duration::from_millis(1);
-    for _ in 0..14 {
-        match fs::remove_dir(path) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
-            Err(e) => return Err(format!("rmdir {}: {e}", path.display())),
-        }
-    }
-    Err(format!("rmdir {}: still busy", path.display()))
-}
-
-/// Kill everything in the subtree of `cg` (cgroup.kill), wait until it is empty, remove it
-/// bottom-up. A no-op if it does not exist.
-fn remove_tree(cg: &Path) -> Result<()> {
-    if !cg.exists() {
-        return Ok(());
-    }
-    if let Ok(mut f) = OpenOptions::new().write(true).open(cg.join("cgroup.kill")) {
-        let _ = f.write_all(b"1");
-    }
-    if let Ok(mut ev) = File::open(cg.join("cgroup.events")) {
-        let _ = wait_unpopulated(&mut ev, Duration::from_secs(10));
-    }
-    let mut dirs = vec![cg.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        if let Ok(rd) = fs::read_dir(&dirs[i]) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    dirs.push(e.path());
-                }
-            }
-        }
-        i += 1;
-    }
-    for d in dirs.iter().rev() {
-        rmdir_retry(d)?;
-    }
-    Ok(())
-}
 
 /// Make a cgroup this run owns (it must not exist yet), registered for the teardown first.
 fn own_cgroup(path: &Path) -> Result<()> {
@@ -423,14 +310,6 @@ fn open_fds(pid: i32) -> usize {
 // ---------------------------------------------------------------------------------------
 // the daemon and its protocol
 // ---------------------------------------------------------------------------------------
-
-/// The cgjob binary cargo built for this bench; `CGJOB_BENCH_BIN` overrides it.
-fn cgjob_bin() -> PathBuf {
-    match std::env::var_os("CGJOB_BENCH_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_cgjob")),
-    }
-}
 
 struct Daemon {
     pid: i32,
@@ -845,7 +724,7 @@ fn sparse_attaches(s: &Setup) -> Result<Sparse> {
         if v["cgroup_removed"] != true || v["unkillable"] != false {
             return Err(format!("{req}: {v}"));
         }
-        remove_tree(&s.raw.join(format!("s{k}")))?;
+        kill_and_remove_cgroup(&s.raw.join(format!("s{k}")))?;
     }
     Ok(out)
 }
@@ -911,30 +790,15 @@ struct Stats {
     max: Duration,
 }
 
+/// Count, median, p99 and max of the samples; `None` if there are none.
 fn stats(samples: &[Duration]) -> Option<Stats> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut s = samples.to_vec();
-    s.sort();
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2
-    };
-    // Nearest rank.
-    let p99 = s[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1];
+    let s = sorted(samples)?;
     Some(Stats {
-        n,
-        median,
-        p99,
-        max: s[n - 1],
+        n: s.len(),
+        median: median(&s),
+        p99: nearest_rank(&s, 0.99),
+        max: s[s.len() - 1],
     })
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn mib(kib: u64) -> f64 {
@@ -979,16 +843,6 @@ fn row(
         ms(s.p99),
         ms(s.max)
     );
-}
-
-fn env_usize(name: &str, default: usize, max: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(format!("{name}={v:?}: expected an integer from 1 to {max}")),
-        },
-        Err(_) => Ok(default),
-    }
 }
 
 fn run() -> Result<()> {
