@@ -18,7 +18,7 @@ fi
 rc=$?
 if [ "$rc" = 123 ]; then
     log "processes of the job could not be killed; the node is not clean"
-    if [ "${CGJOB_SGE_DISABLE_QUEUE:-0}" = 1 ] && [ -x "${SGE_ROOT:-/nonexistent}/bin/lx-amd64/qmod" ]; then
+    if [ "$CGJOB_SGE_DISABLE_QUEUE" = 1 ] && [ -x "${SGE_ROOT:-/nonexistent}/bin/lx-amd64/qmod" ]; then
         "$SGE_ROOT/bin/lx-amd64/qmod" -d "${QUEUE}@${HOSTNAME}" >&2
     fi
 elif [ "$rc" != 0 ]; then

@@ -8,7 +8,8 @@
 # rather than running uncontained).
 . "$(/usr/bin/dirname "$0")/common.sh"
 uid=$(/usr/bin/id -u "${USER:-nobody}" 2>/dev/null || echo 0)
-if ! "$CGJOB" job create --job-id "$CGJOB_ID" --scheduler sge --uid "$uid"; then
+# shellcheck disable=SC2086 # CGJOB_LIMITS is a list of flags
+if ! "$CGJOB" job create --job-id "$CGJOB_ID" --scheduler sge --uid "$uid" $CGJOB_LIMITS; then
     log "cannot create the job cgroup"
     exit 100
 fi

@@ -5,6 +5,6 @@
 # (The epilog then removes the cgroup and reports anything that escaped.)
 . "$(/usr/bin/dirname "$0")/common.sh"
 "$CGJOB" job signal --job-id "$CGJOB_ID" --signal TERM || exit 0
-/bin/sleep "${CGJOB_SGE_GRACE:-2}"
+/bin/sleep "$CGJOB_SGE_GRACE"
 "$CGJOB" job signal --job-id "$CGJOB_ID" --signal KILL
 exit 0

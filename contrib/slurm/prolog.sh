@@ -15,6 +15,9 @@
 # --- site settings ---------------------------------------------------------------------------
 CGJOB=/usr/local/bin/cgjob
 LOG=/var/log/cgjob/slurm.log # "" for none
+# Limits every job on this node gets, as `cgjob job create` flags, e.g.
+#   LIMITS="--pids-max 8192 --memory-swap-max 0"
+LIMITS=""
 # ----------------------------------------------------------------------------------------------
 
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -31,7 +34,8 @@ say() { # lines on stdin -> stderr (slurmd) and $LOG
 }
 
 tmp=$(mktemp) || tmp=/dev/null
-"$CGJOB" job create --scheduler slurm >"$tmp" 2>&1
+# shellcheck disable=SC2086 # LIMITS is a list of flags
+"$CGJOB" job create --scheduler slurm $LIMITS >"$tmp" 2>&1
 rc=$?
 say <"$tmp"
 [ "$tmp" = /dev/null ] || rm -f "$tmp"

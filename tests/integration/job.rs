@@ -444,7 +444,25 @@ fn cleanup_of_a_large_job_terms_every_process() {
 #[test]
 fn sge_style_shepherd_survives_its_epilog() {
     let t = TestJob::new("jsge");
-    let sge = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sge");
+    // The scripts as a site installs them: a copy whose common.sh names this build and the
+    // test's parent (their settings are lines of the file, never the job's environment).
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sge"));
+    let sge = t.path("sge");
+    std::fs::create_dir(&sge).unwrap();
+    for f in ["common.sh", "prolog.sh", "epilog.sh"] {
+        let text = std::fs::read_to_string(src.join(f)).unwrap();
+        let text = text
+            .replace(
+                "\nCGJOB=/usr/local/bin/cgjob\n",
+                &format!("\nCGJOB={}\n", env!("CARGO_BIN_EXE_cgjob")),
+            )
+            .replace(
+                "\nCGJOB_PARENT_DIR=\"\"\n",
+                &format!("\nCGJOB_PARENT_DIR={}\n", t.parent.display()),
+            );
+        std::fs::write(sge.join(f), text).unwrap();
+    }
+    let sge = sge.display();
     let shepherd = t.script(
         "shepherd.sh",
         &format!(
@@ -461,8 +479,10 @@ fn sge_style_shepherd_survives_its_epilog() {
     c.arg(&shepherd)
         .env(MARKER_VAR, &t.marker)
         .env("TMPD", t.dir.path())
-        .env("CGJOB", env!("CARGO_BIN_EXE_cgjob"))
-        .env("CGJOB_PARENT", &t.parent)
+        // What a job's user could put in its environment is ignored.
+        .env("CGJOB", "/bin/false")
+        .env("CGJOB_PARENT", t.root.join("elsewhere"))
+        .env("CGJOB_SOCKET", t.path("fake-daemon.sock"))
         .env("JOB_ID", "1900")
         .env("USER", "root")
         .stdin(Stdio::null());
