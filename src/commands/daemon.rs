@@ -111,6 +111,9 @@ fn absolute_cgroup(s: &str) -> Result<PathBuf, String> {
 }
 
 pub fn daemon(a: DaemonArgs) -> i32 {
+    // A descriptor per job watched and per client, a pidfd per process at a cleanup: far
+    // above the usual soft limit of 1024.
+    crate::process::raise_nofile();
     let (hier, parent) = match place::hierarchy(a.place.cgroup_root.as_deref()).and_then(|h| {
         let p = place::parent_dir(&h, a.place.parent.as_deref())?;
         Ok((h, p))

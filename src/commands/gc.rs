@@ -6,6 +6,8 @@ use crate::job::place;
 use crate::job::policy::exit;
 
 pub fn gc(args: GcArgs) -> i32 {
+    // A pidfd per process of a stale job.
+    crate::process::raise_nofile();
     // Where `cgjob run` puts job cgroups: for a user other than root without --parent, the
     // delegated cgroup cgjob runs in.
     let res = place::hierarchy(args.place.cgroup_root.as_deref())

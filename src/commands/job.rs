@@ -21,6 +21,11 @@ use crate::job::place;
 use crate::job::policy::exit;
 
 pub fn job(cmd: JobCommand) -> i32 {
+    // A pidfd per process of the job: above the usual soft limit of 1024 descriptors for a
+    // large job. (Not for `exec`: the job's command keeps the limits it was given.)
+    if !matches!(cmd, JobCommand::Exec(_)) {
+        crate::process::raise_nofile();
+    }
     let res = match cmd {
         JobCommand::Create(a) => create(a),
         JobCommand::Exec(a) => exec(a),

@@ -222,7 +222,9 @@ pub struct Daemon {
     /// (`cgjob job create`/`cleanup` run directly, gc) are adopted or dropped.
     parent_dir: OwnedFd,
     wake_rx: UnixStream,
-    wake_tx: UnixStream,
+    /// Shared by the workers (no descriptor per worker: a daemon out of descriptors still
+    /// answers).
+    wake_tx: std::sync::Arc<UnixStream>,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
     clients: HashMap<u64, Client>,
@@ -319,7 +321,7 @@ impl Daemon {
             signals,
             parent_dir,
             wake_rx,
-            wake_tx,
+            wake_tx: std::sync::Arc::new(wake_tx),
             done_tx,
             done_rx,
             clients: HashMap::new(),
@@ -507,15 +509,12 @@ impl Daemon {
         work: impl FnOnce() -> Done + Send + 'static,
     ) -> Result<(), String> {
         let tx = self.done_tx.clone();
-        let mut wake = self
-            .wake_tx
-            .try_clone()
-            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        let wake = self.wake_tx.clone();
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
                 let _ = tx.send(work());
-                let _ = wake.write_all(b"x");
+                let _ = (&*wake).write_all(b"x");
             })
             .map(drop)
             .map_err(|e| format!("cannot start a worker: {e}"))

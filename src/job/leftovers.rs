@@ -177,6 +177,26 @@ pub struct Tracker {
     boot_time: Option<u64>,
     ticks: u64,
     warned_foreign_proc: bool,
+    /// Said once: pidfds could not be opened for want of descriptors.
+    warned_no_fds: bool,
+    /// Pidfds held, and how many may be: the descriptor limit less [`FD_RESERVE`].
+    pidfds: usize,
+    pidfd_budget: usize,
+}
+
+/// Descriptors never spent on pidfds: cgroupfs and /proc I/O, epoll, the report need them.
+const FD_RESERVE: usize = 64;
+
+fn pidfd_budget() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return usize::MAX;
+    }
+    (lim.rlim_cur as usize).saturating_sub(FD_RESERVE)
 }
 
 impl Tracker {
@@ -190,6 +210,9 @@ impl Tracker {
             boot_time: None,
             ticks: procinfo::clock_ticks(),
             warned_foreign_proc: false,
+            warned_no_fds: false,
+            pidfds: 0,
+            pidfd_budget: pidfd_budget(),
         }
     }
 
@@ -218,9 +241,12 @@ impl Tracker {
     }
 
     fn known(&self, pid: i32) -> bool {
-        self.by_pid
-            .get(&pid)
-            .is_some_and(|i| !self.leftovers[*i].is_gone())
+        // One recorded without a pidfd (out of descriptors) cannot be told from a successor
+        // under its pid: counted as known, rather than recorded again at every pass.
+        self.by_pid.get(&pid).is_some_and(|i| {
+            let l = &self.leftovers[*i];
+            l.pidfd().is_none() || !l.is_gone()
+        })
     }
 
     /// Find processes not recorded yet: everything in the cgroup's subtree and every live
@@ -294,17 +320,47 @@ impl Tracker {
             .into_iter()
             .filter(|(_, _, st)| !matches!(st.as_ref().map(|s| s.state), Some('Z' | 'X')))
             .filter_map(|(pid, in_cgroup, stat)| {
-                let pidfd = PidFd::open(pid).ok().flatten()?;
-                let proc_pid = if foreign {
-                    procinfo::pid_in_proc(pidfd.as_fd().as_raw_fd())
+                // Past the budget of descriptors, or out of them: still recorded (and killed
+                // with its cgroup), not signalled one by one. Never left out of the record.
+                let no_fds = |e: &dyn std::fmt::Display, warned: &mut bool| {
+                    if !*warned {
+                        *warned = true;
+                        tracing::warn!(error = %e, "out of file descriptors for pidfds: the rest of the job's processes are recorded without one (raise RLIMIT_NOFILE)");
+                    }
+                };
+                let pidfd = if self.pidfds >= self.pidfd_budget {
+                    if !in_cgroup {
+                        return None;
+                    }
+                    no_fds(&"descriptor limit reached", &mut self.warned_no_fds);
+                    None
                 } else {
-                    Some(pid)
+                    match PidFd::open(pid) {
+                        Ok(Some(fd)) => {
+                            self.pidfds += 1;
+                            Some(fd)
+                        }
+                        Ok(None) => return None,
+                        Err(e)
+                            if in_cgroup
+                                && matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+                        {
+                            no_fds(&e, &mut self.warned_no_fds);
+                            None
+                        }
+                        Err(_) => return None,
+                    }
+                };
+                let proc_pid = match &pidfd {
+                    Some(fd) if foreign => procinfo::pid_in_proc(fd.as_fd().as_raw_fd()),
+                    None if foreign => None,
+                    _ => Some(pid),
                 };
                 Some(Found {
                     pid,
                     proc_pid,
                     stat,
-                    pidfd: Some(pidfd),
+                    pidfd,
                     in_cgroup,
                 })
             })
@@ -350,7 +406,27 @@ impl Tracker {
         let (boot, ticks) = (self.boot_time, self.ticks);
         let one = |f: Found| -> Option<Leftover> {
             let stat = f.stat.or_else(|| f.proc_pid.and_then(procinfo::read_stat));
-            let stat = stat.filter(|s| !matches!(s.state, 'Z' | 'X'))?;
+            let stat = match stat {
+                Some(st) => st,
+                // Out of descriptors even to read /proc: a process of the cgroup that is still
+                // there is recorded with what is known of it.
+                None if f.in_cgroup
+                    && match &f.pidfd {
+                        Some(p) => !p.has_exited(),
+                        None => std::fs::metadata(format!("/proc/{}", f.pid)).is_ok(),
+                    } =>
+                {
+                    procinfo::Stat {
+                        pid: f.pid,
+                        comm: "?".into(),
+                        state: '?',
+                        ppid: 0,
+                        start_ticks: 0,
+                    }
+                }
+                None => return None,
+            };
+            let stat = Some(stat).filter(|s| !matches!(s.state, 'Z' | 'X'))?;
             let info = f.pidfd.as_ref().and_then(|p| p.info());
             let mut l = Leftover::read(&stat, f.in_cgroup, boot, ticks, f.pidfd, info);
             // As the job sees them (they differ when /proc is another namespace's).

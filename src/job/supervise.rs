@@ -143,7 +143,7 @@ pub fn run(cfg: &RunConfig, prep: &Prepared) -> Result<JobRecord, RunError> {
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(RunError::setup("create a signalfd"))?;
     reap::become_subreaper().map_err(RunError::setup("become a child subreaper"))?;
-    let nofile = raise_nofile();
+    let nofile = crate::process::raise_nofile();
     // The guardian exists before the job does: there is no moment at which killing cgjob
     // would leave the job running unsupervised. It acts on the cgroup; without one, in a
     // PID namespace the kernel kills every process of it when its PID 1 dies, and as a
@@ -784,23 +784,4 @@ impl Supervisor<'_> {
         tracing::info!(pass = self.kill_passes, rounds, scope = ?self.scope, "kill pass");
         Ok(())
     }
-}
-
-/// Raise RLIMIT_NOFILE's soft limit to the hard one: a pidfd per leftover can take
-/// thousands. Returns the old limit, which the job's command gets back.
-fn raise_nofile() -> Option<libc::rlimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
-        || lim.rlim_cur >= lim.rlim_max
-    {
-        return None;
-    }
-    let old = lim;
-    lim.rlim_cur = lim.rlim_max.min(1 << 20);
-    // SAFETY: as above.
-    (unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0).then_some(old)
 }

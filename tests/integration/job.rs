@@ -510,3 +510,86 @@ fn sge_style_shepherd_survives_its_epilog() {
     assert!(!cg(&t, "1900").exists());
     assert!(t.survivors().is_empty(), "{:?}", t.survivors());
 }
+
+/// Run with few file descriptors — the usual soft limit is 1024, and a pidfd per process is
+/// needed — a cleanup still records every process of the job: it raises its soft limit to the
+/// hard one, and past that records the rest without a pidfd (killed with the cgroup).
+#[test]
+fn cleanup_with_few_descriptors_still_records_every_process() {
+    use std::os::unix::process::CommandExt;
+    let mut t = TestJob::new("jnofile");
+    let net = crate::escapes::pids_net(&mut t, 500);
+    assert_eq!(
+        code(&run_bounded(job(&t, &["create", "--job-id", "901"]), LIMIT)),
+        0
+    );
+    let script = t.script(
+        "j.sh",
+        "exec >/dev/null 2>&1; for i in $(seq 300); do sleep 1901 & done",
+    );
+    let mut c = job(&t, &["exec", "--job-id", "901", "--", "bash", &script]);
+    crate::escapes::join_before_exec(&mut c, net.as_deref());
+    assert_eq!(code(&run_bounded(c, LIMIT)), 0);
+    t.wait_for("300 sleeps", Duration::from_secs(30), || {
+        sleeps(&cg(&t, "901")) == 300
+    });
+    for (soft, hard) in [(64u64, 4096u64), (64, 64)] {
+        if !cg(&t, "901").exists() {
+            // The first round removed it: make the job again.
+            assert_eq!(
+                code(&run_bounded(job(&t, &["create", "--job-id", "901"]), LIMIT)),
+                0
+            );
+            let mut c = job(&t, &["exec", "--job-id", "901", "--", "bash", &script]);
+            crate::escapes::join_before_exec(&mut c, net.as_deref());
+            assert_eq!(code(&run_bounded(c, LIMIT)), 0);
+            t.wait_for("300 sleeps", Duration::from_secs(30), || {
+                sleeps(&cg(&t, "901")) == 300
+            });
+        }
+        let mut c = job(
+            &t,
+            &["cleanup", "--job-id", "901", "--grace", "5s", "--json"],
+        );
+        // SAFETY: setrlimit between fork and exec, async-signal-safe.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let o = run_bounded(c, LIMIT);
+        assert_eq!(code(&o), 0, "nofile {soft}:{hard}: {}", stderr_of(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            v["leftovers"].as_array().unwrap().len(),
+            300,
+            "nofile {soft}:{hard}: every process recorded"
+        );
+        assert_eq!(v["cgroup_removed"], true);
+        if hard == 64 {
+            assert!(
+                stderr_of(&o).contains("out of file descriptors"),
+                "{}",
+                stderr_of(&o)
+            );
+        }
+    }
+    assert!(t.survivors().is_empty(), "{:?}", t.survivors());
+}
+
+/// The `sleep` processes in a cgroup (the script that starts them may still be there).
+fn sleeps(cg: &Path) -> usize {
+    procs(cg)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .count()
+}
