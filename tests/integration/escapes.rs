@@ -208,11 +208,13 @@ fn freeze_fallback_kills_a_large_job() {
 #[test]
 fn never_reaped_zombies() {
     let t = TestJob::new("zombies");
-    // 300 children exit at once; their parent then execs sleep, which never reaps them.
+    // 300 children exit at once; their parent then execs sleep, which never reaps them. The
+    // main process ends once that exec has happened (however slow the machine).
     let rec = contain(
         &t,
         &[],
-        "bash -c 'for i in $(seq 300); do (exit 0) & echo $! >> $TMPD/zpids; done; exec sleep 1008' & sleep 1; exit 0",
+        "bash -c 'for i in $(seq 300); do (exit 0) & echo $! >> $TMPD/zpids; done; echo $$ > $TMPD/zb.tmp; mv $TMPD/zb.tmp $TMPD/zb; exec sleep 1008' &
+         until [ -s $TMPD/zb ] && [ \"$(cat /proc/$(cat $TMPD/zb)/comm 2>/dev/null)\" = sleep ]; do sleep 0.05; done; exit 0",
         0,
     );
     let zpids = t.pids_in("zpids");
