@@ -10,6 +10,8 @@ echo "VM-LANE-BOOTED"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666,newinstance devpts /dev/pts &&
+    ln -sf pts/ptmx /dev/ptmx
 # As systemd mounts it on a pure v2 host.
 mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup ||
     mount -t cgroup2 cgroup2 /sys/fs/cgroup
