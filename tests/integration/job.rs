@@ -402,20 +402,7 @@ fn gc_leaves_a_fresh_empty_scheduler_job_alone() {
 fn cleanup_of_a_large_job_terms_every_process() {
     let mut t = TestJob::new("jlarge");
     let net = crate::escapes::pids_net(&mut t, 1400);
-    assert_eq!(
-        code(&run_bounded(job(&t, &["create", "--job-id", "801"]), LIMIT)),
-        0
-    );
-    let script = t.script(
-        "j.sh",
-        "exec >/dev/null 2>&1; for i in $(seq 1200); do sleep 1801 & done",
-    );
-    let mut c = job(&t, &["exec", "--job-id", "801", "--", "bash", &script]);
-    crate::escapes::join_before_exec(&mut c, net.as_deref());
-    assert_eq!(code(&run_bounded(c, LIMIT)), 0);
-    t.wait_for("1200 sleeps", Duration::from_secs(30), || {
-        procs(&cg(&t, "801")).len() >= 1200
-    });
+    job_of_sleeps(&t, "801", 1200, net.as_deref());
     let o = run_bounded(
         job(
             &t,
@@ -519,34 +506,8 @@ fn cleanup_with_few_descriptors_still_records_every_process() {
     use std::os::unix::process::CommandExt;
     let mut t = TestJob::new("jnofile");
     let net = crate::escapes::pids_net(&mut t, 500);
-    assert_eq!(
-        code(&run_bounded(job(&t, &["create", "--job-id", "901"]), LIMIT)),
-        0
-    );
-    let script = t.script(
-        "j.sh",
-        "exec >/dev/null 2>&1; for i in $(seq 300); do sleep 1901 & done",
-    );
-    let mut c = job(&t, &["exec", "--job-id", "901", "--", "bash", &script]);
-    crate::escapes::join_before_exec(&mut c, net.as_deref());
-    assert_eq!(code(&run_bounded(c, LIMIT)), 0);
-    t.wait_for("300 sleeps", Duration::from_secs(30), || {
-        sleeps(&cg(&t, "901")) == 300
-    });
     for (soft, hard) in [(64u64, 4096u64), (64, 64)] {
-        if !cg(&t, "901").exists() {
-            // The first round removed it: make the job again.
-            assert_eq!(
-                code(&run_bounded(job(&t, &["create", "--job-id", "901"]), LIMIT)),
-                0
-            );
-            let mut c = job(&t, &["exec", "--job-id", "901", "--", "bash", &script]);
-            crate::escapes::join_before_exec(&mut c, net.as_deref());
-            assert_eq!(code(&run_bounded(c, LIMIT)), 0);
-            t.wait_for("300 sleeps", Duration::from_secs(30), || {
-                sleeps(&cg(&t, "901")) == 300
-            });
-        }
+        job_of_sleeps(&t, "901", 300, net.as_deref());
         let mut c = job(
             &t,
             &["cleanup", "--job-id", "901", "--grace", "5s", "--json"],
@@ -582,6 +543,25 @@ fn cleanup_with_few_descriptors_still_records_every_process() {
         }
     }
     assert!(t.survivors().is_empty(), "{:?}", t.survivors());
+}
+
+/// Make job `id` and start `n` sleeps in it (through `job exec`, under the pids limit `net`);
+/// returns once all of them are there.
+fn job_of_sleeps(t: &TestJob, id: &str, n: usize, net: Option<&Path>) {
+    assert_eq!(
+        code(&run_bounded(job(t, &["create", "--job-id", id]), LIMIT)),
+        0
+    );
+    let script = t.script(
+        &format!("j{id}.sh"),
+        &format!("exec >/dev/null 2>&1; for i in $(seq {n}); do sleep 1{id} & done"),
+    );
+    let mut c = job(t, &["exec", "--job-id", id, "--", "bash", &script]);
+    crate::escapes::join_before_exec(&mut c, net);
+    assert_eq!(code(&run_bounded(c, LIMIT)), 0);
+    t.wait_for(&format!("{n} sleeps"), Duration::from_secs(30), || {
+        sleeps(&cg(t, id)) == n
+    });
 }
 
 /// The `sleep` processes in a cgroup (the script that starts them may still be there).
