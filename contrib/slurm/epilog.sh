@@ -13,30 +13,12 @@
 # when cgjob says processes could not be killed (exit 123): then the node is unfit for the next
 # job. Any other failure of cgjob is logged, and the node stays in service.
 
-# --- site settings ---------------------------------------------------------------------------
-CGJOB=/usr/local/bin/cgjob
-LOG=/var/log/cgjob/slurm.log # "" for none
-GRACE=2s                     # between SIGTERM and SIGKILL
-# ----------------------------------------------------------------------------------------------
+# Site settings: common.sh, beside this script.
 
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export PATH
+PHASE=epilog
+. "${0%/*}/common.sh"
 
-say() { # lines on stdin -> stderr (slurmd) and $LOG
-    msg=$(cat)
-    [ -n "$msg" ] || return 0
-    printf '%s\n' "$msg" >&2
-    if [ -n "$LOG" ] && mkdir -p "${LOG%/*}"; then
-        printf '%s\n' "$msg" |
-            sed "s/^/$(date '+%Y-%m-%dT%H:%M:%S') epilog job ${SLURM_JOB_ID:-?}: /" >>"$LOG"
-    fi
-}
-
-tmp=$(mktemp) || tmp=/dev/null
-"$CGJOB" job cleanup --sweep --grace "$GRACE" >"$tmp" 2>&1
-rc=$?
-say <"$tmp"
-[ "$tmp" = /dev/null ] || rm -f "$tmp"
+run_cgjob job cleanup --sweep --grace "$GRACE"
 
 case $rc in
 0) exit 0 ;;

@@ -317,13 +317,11 @@ install -m 755 "$CGJOB_BIN" "$WORK/bin/cgjob"
 install -m 644 "$CGJOB_SPANK_SO" "$WORK/lib/libcgjob_spank.so"
 # The scripts as shipped, with their site settings pointed at this run.
 CGJOB_LOG=$WORK/log/cgjob-slurm.log
-for s in prolog epilog; do
-    sed -e "s|^CGJOB=.*|CGJOB=$WORK/bin/cgjob|" -e "s|^LOG=[^ ]*|LOG=$CGJOB_LOG|" \
-        "$CONTRIB/$s.sh" >"$WORK/bin/$s.sh"
-    chmod 755 "$WORK/bin/$s.sh"
-    grep -qx "CGJOB=$WORK/bin/cgjob" "$WORK/bin/$s.sh" || die "$s.sh has no CGJOB= line to point at the build"
-    grep -q "^LOG=$CGJOB_LOG " "$WORK/bin/$s.sh" || die "$s.sh has no LOG= line to point at the work directory"
-done
+install -m 755 "$CONTRIB/prolog.sh" "$CONTRIB/epilog.sh" "$WORK/bin/"
+sed -e "s|^CGJOB=.*|CGJOB=$WORK/bin/cgjob|" -e "s|^LOG=[^ ]*|LOG=$CGJOB_LOG|" \
+    "$CONTRIB/common.sh" >"$WORK/bin/common.sh"
+grep -qx "CGJOB=$WORK/bin/cgjob" "$WORK/bin/common.sh" || die "common.sh has no CGJOB= line to point at the build"
+grep -q "^LOG=$CGJOB_LOG " "$WORK/bin/common.sh" || die "common.sh has no LOG= line to point at the work directory"
 # Not named plugstack.conf: Slurm reads <slurm.conf's directory>/plugstack.conf by default,
 # and phase A must run without the plugin.
 sed "s|^required .*libcgjob_spank.so|required $WORK/lib/libcgjob_spank.so|" "$CONTRIB/plugstack.conf" \
