@@ -29,7 +29,7 @@ pub enum MountError {
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape(field: &str) -> String {
+pub(super) fn unescape(field: &str) -> String {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -116,6 +116,26 @@ pub fn at(path: &Path) -> Result<Cgroup2Mount, MountError> {
             read_only: false,
         },
     })
+}
+
+/// /proc/self/mountinfo, read once per process: cgroup hierarchies are mounted at boot, and the
+/// daemon would otherwise read it at every status and cleanup (empty if it cannot be read).
+pub fn mountinfo() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo").unwrap_or_default()
+    })
+}
+
+/// `path` relative to the cgroup2 mount it lies under (the deepest, when mounts nest); `None`
+/// outside every cgroup2 mount, or for a mount point itself.
+pub fn relative(path: &Path) -> Option<PathBuf> {
+    parse_mountinfo(mountinfo())
+        .iter()
+        .filter_map(|m| path.strip_prefix(&m.mount_point).ok())
+        .min_by_key(|r| r.components().count())
+        .filter(|r| !r.as_os_str().is_empty())
+        .map(Path::to_owned)
 }
 
 /// The directory of the mount `m` for a cgroup path as `/proc/PID/cgroup` names it (both are

@@ -77,8 +77,11 @@ impl Cgroup {
     pub fn hold_lock(&self) -> Result<OwnedFd, CgroupFsError> {
         use std::os::fd::AsRawFd;
         let fd = self.open_dir()?;
+        // Blocking: the cgroup is new, so the only other holder can be an `is_locked` check
+        // (gc, the daemon) that takes and drops the lock at once; failing then would fail the
+        // job for nothing.
         // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(CgroupFsError::new(
                 "lock",
                 &self.path,
@@ -86,6 +89,20 @@ impl Cgroup {
             ));
         }
         Ok(fd)
+    }
+
+    /// The process holding the lock of [`Cgroup::hold_lock`], from /proc/locks, which names
+    /// it as the reader's PID namespace sees it (`None` when it cannot, or nobody holds it).
+    pub fn lock_holder(&self) -> Option<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(&self.path).ok()?;
+        let text = crate::process::procinfo::read_pseudo_string("/proc/locks").ok()?;
+        crate::process::procinfo::flock_holder(
+            &text,
+            libc::major(md.dev()),
+            libc::minor(md.dev()),
+            md.ino(),
+        )
     }
 
     /// Whether someone holds the lock of [`Cgroup::hold_lock`]. `None` when that cannot be

@@ -33,7 +33,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<V1Mount> {
                 return None;
             }
             let opts = post.nth(1)?;
-            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
+            let mount_point = PathBuf::from(super::mount::unescape(pre.split_whitespace().nth(4)?));
             let controllers = opts
                 .split(',')
                 .filter(|o| {
@@ -54,9 +54,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<V1Mount> {
 
 /// The v1 hierarchies of this host (empty on pure v2 hosts).
 pub fn find() -> Vec<V1Mount> {
-    crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo")
-        .map(|t| parse_mountinfo(&t))
-        .unwrap_or_default()
+    parse_mountinfo(super::mount::mountinfo())
 }
 
 /// The hierarchy holding controller `c`.

@@ -22,7 +22,7 @@ pub struct DaemonArgs {
 
     /// The Unix socket to serve on; its directory is made 0755, the socket 0666 (requests
     /// are authorized by the caller's uid).
-    #[arg(long, value_name = "PATH", default_value = "/run/cgjob/cgjob.sock", env = "CGJOB_SOCKET", value_hint = ValueHint::FilePath)]
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::client::DEFAULT_SOCKET, env = "CGJOB_SOCKET", value_hint = ValueHint::FilePath)]
     pub socket: PathBuf,
 
     /// Where the results of finished jobs are appended, one JSON line each (moved to

@@ -9,7 +9,6 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 pub struct Peer {
     pub pid: i32,
     pub uid: u32,
-    pub gid: u32,
 }
 
 impl Peer {
@@ -41,7 +40,6 @@ pub fn peer_of(sock: BorrowedFd<'_>) -> std::io::Result<Peer> {
     Ok(Peer {
         pid: cred.pid,
         uid: cred.uid,
-        gid: cred.gid,
     })
 }
 
@@ -92,11 +90,7 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32) -> Peer {
-        Peer {
-            pid: 1,
-            uid,
-            gid: uid,
-        }
+        Peer { pid: 1, uid }
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub struct Offender {
 /// One pass over /proc: every process that offends, killed when the policy says so.
 pub fn sweep(policy: &Policy) -> Vec<Offender> {
     let ticks = procinfo::clock_ticks().max(1);
-    let Some(uptime) = uptime() else {
+    let Some(uptime) = procinfo::uptime() else {
         return Vec::new();
     };
     let me = std::process::id() as i32;
@@ -141,12 +141,6 @@ fn kill(pid: i32, start_ticks: u64) -> bool {
         return false;
     }
     fd.send(libc::SIGKILL).unwrap_or(false)
-}
-
-fn uptime() -> Option<Duration> {
-    let t = procinfo::read_pseudo_string("/proc/uptime").ok()?;
-    let secs: f64 = t.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_secs_f64(secs))
 }
 
 /// A uid range `MIN-MAX` (or one uid).

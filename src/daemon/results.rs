@@ -28,6 +28,13 @@ impl ResultsLog {
     }
 
     /// Append `record` as one line, rotating first if it would not fit.
+    /// [`ResultsLog::append`], a failure logged (the daemon carries on without its log).
+    pub fn append_or_warn(&self, record: &serde_json::Value) {
+        if let Err(e) = self.append(record) {
+            tracing::warn!(error = %e, path = %self.path.display(), "cannot append to the results log");
+        }
+    }
+
     pub fn append(&self, record: &serde_json::Value) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).expect("a JSON value serializes");
         line.push(b'\n');

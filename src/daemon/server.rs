@@ -301,9 +301,7 @@ impl Daemon {
             }
             tracing::info!(cgroup = %s.cgroup.display(), "{}", s.describe());
             let rec = json!({"time": now(), "kind": "stale", "result": s});
-            if let Err(e) = cfg.results.append(&rec) {
-                tracing::warn!(error = %e, path = %cfg.results.path().display(), "cannot append to the results log");
-            }
+            cfg.results.append_or_warn(&rec);
         }
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
         let (wake_rx, wake_tx) = UnixStream::pair().map_err(io("socketpair", Path::new("-")))?;
@@ -424,7 +422,8 @@ impl Daemon {
         let Some(m) = meta::read(&cg).ok().flatten().filter(|m| !m.is_batch()) else {
             return;
         };
-        let holder = lock_holder(&cg)
+        let holder = cg
+            .lock_holder()
             .or_else(|| m.supervisor_alive().then_some(m.supervisor_pid))
             .filter(|p| *p > 0);
         let Some(pid) = holder else {
@@ -483,7 +482,7 @@ impl Daemon {
         let cg = Cgroup::at(self.cfg.parent.join(&name));
         match cg.is_locked() {
             Some(false) => self.collect_run(&name),
-            Some(true) if lock_holder(&cg).is_some_and(|p| Some(p) != old) => self.watch_run(&name),
+            Some(true) if cg.lock_holder().is_some_and(|p| Some(p) != old) => self.watch_run(&name),
             _ => {}
         }
     }
@@ -1465,9 +1464,7 @@ impl Daemon {
         let v = val(&found);
         let action = self.cfg.police.as_ref().map(|p| p.action);
         let rec = json!({"time": now(), "kind": "police", "action": action, "processes": v});
-        if let Err(e) = self.cfg.results.append(&rec) {
-            tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
-        }
+        self.cfg.results.append_or_warn(&rec);
         // To root's subscribers only (no job, so no owner).
         self.emit_node("police", json!({"processes": v}));
     }
@@ -1542,14 +1539,8 @@ impl Daemon {
                     .count() as u64;
                 tracing::warn!(job = %name, "{}", s.describe());
                 let rec = json!({"time": now(), "kind": "stale", "result": s});
-                if let Err(e) = self.cfg.results.append(&rec) {
-                    tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
-                }
-                let owner = rec["result"]["processes"]
-                    .as_array()
-                    .and_then(|p| p.first())
-                    .and_then(|p| p["uid"].as_u64())
-                    .map(|u| u as u32);
+                self.cfg.results.append_or_warn(&rec);
+                let owner = s.processes.first().and_then(|p| p.uid);
                 self.emit(
                     "stale",
                     name,
@@ -1649,9 +1640,7 @@ impl Daemon {
                 let v = serde_json::to_value(c).expect("serializes");
                 let kind = why.kind();
                 let rec = json!({"time": now(), "kind": kind, "uid": uid, "result": v});
-                if let Err(e) = self.cfg.results.append(&rec) {
-                    tracing::warn!(error = %e, path = %self.cfg.results.path().display(), "cannot append to the results log");
-                }
+                self.cfg.results.append_or_warn(&rec);
                 if !c.leftovers.is_empty() {
                     self.emit("leftovers", &id, uid, json!({"leftovers": v["leftovers"]}));
                 }
@@ -1707,20 +1696,6 @@ fn list(parent: &Path, peer: &Peer, watched: &HashSet<String>) -> Vec<Value> {
     }
     jobs.sort_by(|a, b| a["job_id"].as_str().cmp(&b["job_id"].as_str()));
     jobs
-}
-
-/// The process holding the `flock` on `cg`'s directory ([`Cgroup::hold_lock`]), from
-/// /proc/locks, which names it as the daemon's PID namespace sees it (0 when it cannot).
-fn lock_holder(cg: &Cgroup) -> Option<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(cg.path()).ok()?;
-    let text = procinfo::read_pseudo_string("/proc/locks").ok()?;
-    procinfo::flock_holder(
-        &text,
-        libc::major(md.dev()),
-        libc::minor(md.dev()),
-        md.ino(),
-    )
 }
 
 /// An inotify descriptor watching `dir` for subdirectories made and removed.

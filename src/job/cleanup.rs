@@ -141,14 +141,7 @@ fn apply_limits(
     if spec.limits.is_empty() {
         return Ok(None);
     }
-    let rel = mount::find()
-        .ok()
-        .and_then(|m| {
-            cg.path()
-                .strip_prefix(&m.mount_point)
-                .ok()
-                .map(Path::to_owned)
-        })
+    let rel = mount::relative(cg.path())
         .unwrap_or_else(|| cg.path().strip_prefix("/").unwrap_or(cg.path()).to_owned());
     let l = limits::setup(cg, &rel, &spec.limits, spec.limits_via, &v1::find())?
         .expect("limits were asked for");
@@ -225,19 +218,19 @@ pub fn cleanup(parent: &Path, id: &JobId, spec: &CleanupSpec) -> Result<Cleaned,
     // delivers them together and no process acts on another's death first.
     if exists {
         let found = t.snapshot(&cg)?;
-        t.describe(found, None);
+        t.describe(found);
     }
     if let Some(sw) = &spec.sweep {
         let outside = find_outside(sw, &cg);
         let found = t.found_outside(&outside);
-        t.describe(found, None);
+        t.describe(found);
     }
     let frozen = match &events {
         Some(ev) if cg.has_file("cgroup.freeze") => {
             kill::freeze(&cg, ev, Instant::now() + Duration::from_millis(500))?;
             let late = t.snapshot(&cg);
             if let Ok(found) = late {
-                t.describe(found, None);
+                t.describe(found);
             }
             true
         }

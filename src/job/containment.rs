@@ -81,11 +81,6 @@ impl ProcessFacts {
             proc_is_own: procinfo::proc_is_ours(),
         }
     }
-
-    /// PID 1 of a PID namespace that is not the host's.
-    pub fn pid1_of_namespace(&self) -> bool {
-        self.pid == 1 && self.initial_pid_namespace == Some(false)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -393,10 +393,9 @@ impl Tracker {
             .collect()
     }
 
-    /// Describe what a snapshot found (state, start time, uid, command line) and record it;
-    /// with `sig`, send it to each process right after describing it, so that describing
-    /// the next ones overlaps with the first ones leaving. Returns how many were recorded.
-    pub fn describe(&mut self, found: Vec<Found>, sig: Option<i32>) -> usize {
+    /// Describe what a snapshot found (state, start time, uid, command line) and record it.
+    /// Returns how many were recorded.
+    pub fn describe(&mut self, found: Vec<Found>) -> usize {
         if found.is_empty() {
             return 0;
         }
@@ -434,14 +433,6 @@ impl Tracker {
             if f.proc_pid != Some(f.pid) {
                 l.ppid = info.map_or(0, |i| i.ppid as i32);
             }
-            if let (Some(sig), Some(p)) = (sig, &l.pidfd) {
-                let _ = p.send(sig);
-                // A stopped process would sit on its SIGTERM (systemd does the same).
-                if matches!(stat.state, 'T' | 't') {
-                    let _ = p.send(libc::SIGCONT);
-                }
-                l.termed = true;
-            }
             Some(l)
         };
         // A few /proc reads and syscalls per process, all CPU: with many, use two CPUs.
@@ -474,7 +465,7 @@ impl Tracker {
     /// [`Tracker::scan`] for any scope.
     pub fn scan_in(&mut self, scope: &Scope<'_>) -> Result<usize, CgroupFsError> {
         let found = self.snapshot_in(scope, true)?;
-        Ok(self.describe(found, None))
+        Ok(self.describe(found))
     }
 
     /// Whether a recorded leftover (not given up on as unkillable) may still be alive. Stops

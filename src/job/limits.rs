@@ -195,41 +195,21 @@ impl JobLimits {
 /// directories at the same path below each v1 hierarchy of a limit controller as `job` is
 /// below the cgroup2 mount. Empty on pure v2 hosts and for jobs without v1 limits.
 pub fn v1_beside(job: &Cgroup) -> Vec<V1Cgroup> {
-    let (v2_mounts, v1_mounts) = mount_table();
-    let Some(rel) = v2_mounts
-        .iter()
-        .filter_map(|m| job.path().strip_prefix(m).ok())
-        .min_by_key(|r| r.components().count())
-        .filter(|r| !r.as_os_str().is_empty())
-    else {
+    let Some(rel) = crate::cgroup::mount::relative(job.path()) else {
         return Vec::new();
     };
+    let v1_mounts = v1::find();
     Controller::ALL
         .iter()
         .filter_map(|c| {
-            let m = v1::mount_for(v1_mounts, *c)?;
-            let dir = m.mount_point.join(rel);
+            let m = v1::mount_for(&v1_mounts, *c)?;
+            let dir = m.mount_point.join(&rel);
             dir.is_dir().then(|| V1Cgroup {
                 controller: *c,
                 cg: Cgroup::at(dir),
             })
         })
         .collect()
-}
-
-/// The cgroup2 mount points and the v1 hierarchies, read from mountinfo once per process:
-/// cgroup hierarchies are mounted at boot, and the daemon asks for every status and cleanup.
-fn mount_table() -> &'static (Vec<PathBuf>, Vec<V1Mount>) {
-    static TABLE: std::sync::OnceLock<(Vec<PathBuf>, Vec<V1Mount>)> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let text = crate::process::procinfo::read_pseudo_string("/proc/self/mountinfo")
-            .unwrap_or_default();
-        let v2 = crate::cgroup::mount::parse_mountinfo(&text)
-            .into_iter()
-            .map(|m| m.mount_point)
-            .collect();
-        (v2, v1::parse_mountinfo(&text))
-    })
 }
 
 /// Move `pid` (0: the caller) into job cgroup `job` and into its v1 limit cgroups, if it has

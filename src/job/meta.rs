@@ -112,12 +112,6 @@ impl JobMeta {
         }
     }
 
-    /// How long from now until the job's time limit passes (zero once it has); `None`
-    /// without a limit.
-    pub fn time_left(&self) -> Option<std::time::Duration> {
-        self.timeout.map(|t| t.left())
-    }
-
     /// A scheduler's job rather than a `cgjob run`.
     pub fn is_batch(&self) -> bool {
         self.kind == "job"

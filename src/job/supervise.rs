@@ -701,7 +701,7 @@ impl Supervisor<'_> {
     fn record_all(&mut self, sig: Option<i32>) -> Result<(), RunError> {
         let mut total = {
             let found = self.tracker.snapshot_in(&self.scope, true)?;
-            self.tracker.describe(found, None)
+            self.tracker.describe(found)
         };
         if let Some(sig) = sig {
             let frozen = match &self.cgroup {
@@ -715,7 +715,7 @@ impl Supervisor<'_> {
             let late = self
                 .tracker
                 .snapshot_in(&self.scope, false)
-                .map(|found| self.tracker.describe(found, None));
+                .map(|found| self.tracker.describe(found));
             self.tracker.signal_all(sig, true);
             self.tracker.continue_stopped();
             if let Some(cg) = frozen {

@@ -165,6 +165,13 @@ pub fn boot_time() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Time since boot, from /proc/uptime.
+pub fn uptime() -> Option<std::time::Duration> {
+    let t = read_pseudo_string("/proc/uptime").ok()?;
+    let secs: f64 = t.split_whitespace().next()?.parse().ok()?;
+    std::time::Duration::try_from_secs_f64(secs).ok()
+}
+
 pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

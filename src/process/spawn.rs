@@ -302,8 +302,14 @@ pub fn exec_in_place(argv: &[OsString]) -> SpawnError {
     };
     let mut ptrs: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    // SAFETY: a NULL-terminated argv of valid C strings; execvp returns only on failure.
-    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    // cgjob ignores SIGPIPE for itself; the command gets what cgjob was started with (an
+    // ignored signal stays ignored across exec), as a spawned one does.
+    // SAFETY: signal with a valid disposition; a NULL-terminated argv of valid C strings;
+    // execvp returns only on failure.
+    unsafe {
+        libc::signal(libc::SIGPIPE, super::signals::inherited_sigpipe());
+        libc::execvp(ptrs[0], ptrs.as_ptr());
+    }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => SpawnError::NotFound(program),
