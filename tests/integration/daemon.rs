@@ -85,6 +85,19 @@ impl Drop for Daemon {
     }
 }
 
+/// `cgjob daemon --parent <ours> --socket SOCK --results <scratch>/RESULTS`, nothing more (no
+/// `-v`, no metrics file), for tests that start or refuse a daemon their own way.
+fn bare_daemon_cmd(t: &TestJob, sock: &Path, results: &str) -> Command {
+    let mut c = t.cgjob();
+    c.args(["daemon", "--parent"])
+        .arg(&t.parent)
+        .arg("--socket")
+        .arg(sock)
+        .arg("--results")
+        .arg(t.path(results));
+    c
+}
+
 pub fn log(t: &TestJob) -> String {
     std::fs::read_to_string(t.path("daemon.log")).unwrap_or_default()
 }
@@ -481,27 +494,9 @@ fn a_half_closed_client_still_gets_its_replies() {
 fn out_of_descriptors_the_daemon_waits_for_a_client_to_leave() {
     let t = TestJob::new("dfds");
     let sock = t.path("run/cgjob.sock");
-    let mut c = t.cgjob();
-    c.args(["daemon", "--parent"])
-        .arg(&t.parent)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--results")
-        .arg(t.path("r.jsonl"))
-        .stderr(Stdio::null());
-    // SAFETY: setrlimit only, between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 16,
-                rlim_max: 16,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut c = bare_daemon_cmd(&t, &sock, "r.jsonl");
+    c.stderr(Stdio::null());
+    limit_nofile_before_exec(&mut c, 16, 16);
     let d = Daemon {
         child: c.spawn().unwrap(),
         sock,
@@ -681,12 +676,7 @@ fn jobs_made_and_removed_without_the_daemon_are_followed() {
 /// `cgjob job ARGS --parent <ours>`, through the daemon on `sock` when given (else its socket
 /// variable names nothing, so the command acts directly).
 pub fn job_cmd(t: &TestJob, sock: Option<&Path>, args: &[&str]) -> Command {
-    let mut c = t.cgjob();
-    c.arg("job")
-        .arg(args[0])
-        .arg("--parent")
-        .arg(&t.parent)
-        .args(&args[1..]);
+    let mut c = t.job_cmd(args);
     match sock {
         Some(s) => c.env("CGJOB_SOCKET", s),
         None => c.env("CGJOB_SOCKET", t.path("no-daemon.sock")),
@@ -940,15 +930,8 @@ fn readiness_is_notified() {
     let rx = std::os::unix::net::UnixDatagram::bind(&nsock).unwrap();
     rx.set_read_timeout(Some(IO_LIMIT)).unwrap();
     let sock = t.path("run/cgjob.sock");
-    let mut c = t.cgjob();
-    c.args(["daemon", "--parent"])
-        .arg(&t.parent)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--results")
-        .arg(t.path("r.jsonl"))
-        .env("NOTIFY_SOCKET", &nsock)
-        .stderr(Stdio::null());
+    let mut c = bare_daemon_cmd(&t, &sock, "r.jsonl");
+    c.env("NOTIFY_SOCKET", &nsock).stderr(Stdio::null());
     let d = Daemon {
         child: c.spawn().unwrap(),
         sock,
@@ -960,14 +943,7 @@ fn readiness_is_notified() {
     // Ready means answering.
     ok(&d.conn().rq(json!({"v":1,"op":"list"})));
     // A second daemon on the same socket stops before touching anything.
-    let mut c = t.cgjob();
-    c.args(["daemon", "--parent"])
-        .arg(&t.parent)
-        .arg("--socket")
-        .arg(&d.sock)
-        .arg("--results")
-        .arg(t.path("r2.jsonl"));
-    let o = run_bounded(c, IO_LIMIT);
+    let o = run_bounded(bare_daemon_cmd(&t, &d.sock, "r2.jsonl"), IO_LIMIT);
     assert_eq!(code(&o), 125);
     assert!(
         stderr_of(&o).contains("another daemon answers on"),

@@ -207,28 +207,9 @@ fn run_job(t: &TestJob, a: u32, b: u32) -> (Child, PathBuf) {
 
 /// SIGKILL the guardian of supervisor `sup` (its child that is cgjob itself), then `sup`.
 fn kill_supervisor_and_guardian(sup: &mut Child) {
-    let children = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", sup.id()))
-        .unwrap_or_default();
-    let guardian: i32 = children
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .find(|p: &i32| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "cgjob")
-        })
-        .expect("the guardian");
-    // SAFETY: kill of a process our own cgjob started, by pid.
-    unsafe { libc::kill(guardian, libc::SIGKILL) };
-    t_wait_gone(guardian);
+    kill_guardian(sup, IO_LIMIT);
     sup.kill().unwrap();
     sup.wait().unwrap();
-}
-
-fn t_wait_gone(pid: i32) {
-    let end = Instant::now() + IO_LIMIT;
-    while alive(pid) {
-        assert!(Instant::now() < end, "{pid} did not die");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

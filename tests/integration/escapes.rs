@@ -2,7 +2,6 @@
 //! time with the command's status, nothing carrying the job's marker is alive, the job cgroup
 //! is gone, and the leftovers were reported.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -27,15 +26,6 @@ fn contain(t: &TestJob, extra: &[&str], body: &str, want_code: i32) -> serde_jso
     assert_eq!(rec["cgroup_removed"], true);
     assert_eq!(rec["exit_status"], want_code);
     rec
-}
-
-fn ended_by(rec: &serde_json::Value) -> Vec<String> {
-    rec["leftovers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ended_by"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[test]
@@ -112,7 +102,10 @@ fn ignores_term_and_hup() {
     );
     assert!(start.elapsed() < Duration::from_secs(10));
     // Killed, not exited: bash ignored SIGTERM through the grace period (its sleep did not).
-    assert!(ended_by(&rec).contains(&"killed".to_string()), "{rec}");
+    assert!(
+        leftover_ended_by(&rec).contains(&"killed".to_string()),
+        "{rec}"
+    );
     assert!(rec["kill_passes"].as_u64().unwrap() >= 1);
 }
 
@@ -136,7 +129,10 @@ fn keeps_forking_while_killed() {
     let t = TestJob::new("chaser");
     let rec = contain(&t, &[], CHASERS, 0);
     assert_eq!(rec["kill_method"], "cgroup-kill");
-    assert!(ended_by(&rec).contains(&"killed".to_string()), "{rec}");
+    assert!(
+        leftover_ended_by(&rec).contains(&"killed".to_string()),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -144,7 +140,10 @@ fn keeps_forking_while_killed_freeze_fallback() {
     let t = TestJob::new("chaserfrz");
     let rec = contain(&t, &["--kill-method", "freeze"], CHASERS, 0);
     assert_eq!(rec["kill_method"], "freeze");
-    assert!(ended_by(&rec).contains(&"killed".to_string()), "{rec}");
+    assert!(
+        leftover_ended_by(&rec).contains(&"killed".to_string()),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -376,34 +375,4 @@ fn cgjob_sigkilled_mid_job() {
 #[test]
 fn cgjob_sigkilled_mid_job_freeze_fallback() {
     sigkilled_mid_job(&["--kill-method", "freeze"]);
-}
-
-/// A v1 pids cgroup with `max`, as a fork-bomb safety net; `None` where v1 pids is not mounted.
-pub(crate) fn pids_net(t: &mut TestJob, max: u32) -> Option<PathBuf> {
-    let v1 = Path::new("/sys/fs/cgroup/pids");
-    if !v1.join("cgroup.procs").exists() {
-        return None;
-    }
-    let p = v1.join(format!("cgjob-test-{}", t.name));
-    std::fs::create_dir_all(&p).ok()?;
-    std::fs::write(p.join("pids.max"), max.to_string()).ok()?;
-    t.on_drop_remove(p.clone());
-    Some(p)
-}
-
-pub(crate) fn join_before_exec(cmd: &mut std::process::Command, cg: Option<&Path>) {
-    use std::os::unix::process::CommandExt;
-    let Some(cg) = cg else { return };
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cg.join("cgroup.procs"))
-        .unwrap();
-    // SAFETY: only a write(2) on an already open fd between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            use std::io::Write;
-            (&f).write_all(b"0")?;
-            Ok(())
-        });
-    }
 }

@@ -1,6 +1,5 @@
 //! `cgjob job …`: the scheduler job commands, on the real kernel.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,17 +23,7 @@ fn sleeper_in(t: &TestJob, cgroup: &Path, secs: &str, env: &[(&str, &str)]) -> s
     for (k, v) in env {
         c.env(k, v);
     }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .unwrap();
-    // SAFETY: only a write(2) on an open fd between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            use std::io::Write;
-            (&f).write_all(b"0")
-        });
-    }
+    join_before_exec(&mut c, Some(cgroup));
     c.spawn().unwrap()
 }
 
@@ -401,7 +390,7 @@ fn gc_leaves_a_fresh_empty_scheduler_job_alone() {
 #[test]
 fn cleanup_of_a_large_job_terms_every_process() {
     let mut t = TestJob::new("jlarge");
-    let net = crate::escapes::pids_net(&mut t, 1400);
+    let net = pids_net(&mut t, 1400);
     job_of_sleeps(&t, "801", 1200, net.as_deref());
     let o = run_bounded(
         job(
@@ -503,28 +492,15 @@ fn sge_style_shepherd_survives_its_epilog() {
 /// hard one, and past that records the rest without a pidfd (killed with the cgroup).
 #[test]
 fn cleanup_with_few_descriptors_still_records_every_process() {
-    use std::os::unix::process::CommandExt;
     let mut t = TestJob::new("jnofile");
-    let net = crate::escapes::pids_net(&mut t, 500);
+    let net = pids_net(&mut t, 500);
     for (soft, hard) in [(64u64, 4096u64), (64, 64)] {
         job_of_sleeps(&t, "901", 300, net.as_deref());
         let mut c = job(
             &t,
             &["cleanup", "--job-id", "901", "--grace", "5s", "--json"],
         );
-        // SAFETY: setrlimit between fork and exec, async-signal-safe.
-        unsafe {
-            c.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: soft,
-                    rlim_max: hard,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_nofile_before_exec(&mut c, soft, hard);
         let o = run_bounded(c, LIMIT);
         assert_eq!(code(&o), 0, "nofile {soft}:{hard}: {}", stderr_of(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -557,7 +533,7 @@ fn job_of_sleeps(t: &TestJob, id: &str, n: usize, net: Option<&Path>) {
         &format!("exec >/dev/null 2>&1; for i in $(seq {n}); do sleep 1{id} & done"),
     );
     let mut c = job(t, &["exec", "--job-id", id, "--", "bash", &script]);
-    crate::escapes::join_before_exec(&mut c, net);
+    join_before_exec(&mut c, net);
     assert_eq!(code(&run_bounded(c, LIMIT)), 0);
     t.wait_for(&format!("{n} sleeps"), Duration::from_secs(30), || {
         sleeps(&cg(t, id)) == n

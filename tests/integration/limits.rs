@@ -326,21 +326,7 @@ fn limit_cgroups_go_when_the_supervisor_is_killed_by_its_guardian_or_by_gc() {
             }
         }
         if guardian_too {
-            let guardian: i32 =
-                std::fs::read_to_string(format!("/proc/{}/task/{0}/children", sup.id()))
-                    .unwrap()
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .find(|p: &i32| {
-                        std::fs::read_to_string(format!("/proc/{p}/comm"))
-                            .is_ok_and(|c| c.trim() == "cgjob")
-                    })
-                    .expect("the guardian");
-            // SAFETY: kill of a process our own cgjob started, by pid.
-            unsafe { libc::kill(guardian, libc::SIGKILL) };
-            t.wait_for("the guardian to die", LIMIT, || {
-                state_of(guardian).is_none_or(|s| s == 'Z')
-            });
+            kill_guardian(&sup, LIMIT);
         }
         sup.kill().unwrap();
         sup.wait().unwrap();
@@ -373,9 +359,7 @@ fn limit_cgroups_go_when_the_supervisor_is_killed_by_its_guardian_or_by_gc() {
 
 /// `cgjob job …` without any daemon (the VM lane has none).
 fn job(t: &TestJob, args: &[&str]) -> std::process::Output {
-    let mut c = t.job_cmd(args);
-    c.env("CGJOB_SOCKET", t.path("no-daemon.sock"));
-    run_bounded(c, LIMIT)
+    run_bounded(crate::daemon::job_cmd(t, None, args), LIMIT)
 }
 
 fn json_of(o: &std::process::Output) -> Value {

@@ -12,12 +12,10 @@
 //! Each asserts the same invariant as the cgroup tests: the status, nothing carrying the
 //! test's marker left alive, and the record saying which containment was used.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::escapes::pids_net;
 use crate::util::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -99,20 +97,7 @@ fn as_nobody(t: &TestJob, cgroup: Option<&Path>) -> Command {
         "--clear-groups",
     ])
     .env("PATH", "/usr/bin:/bin");
-    if let Some(cg) = cgroup {
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(cg.join("cgroup.procs"))
-            .unwrap();
-        // SAFETY: only a write(2) on an already open fd between fork and exec.
-        unsafe {
-            c.pre_exec(move || {
-                use std::io::Write;
-                (&procs).write_all(b"0")?;
-                Ok(())
-            });
-        }
-    }
+    join_before_exec(&mut c, cgroup);
     c
 }
 
@@ -194,15 +179,6 @@ fn contain(t: &TestJob, mode: &Mode, body: &str, want: i32) -> serde_json::Value
     rec
 }
 
-fn ended_by(rec: &serde_json::Value) -> Vec<String> {
-    rec["leftovers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ended_by"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// One way each of outliving the job: (name, script, status, a leftover command line that
 /// must be reported, whether something must have needed the kill).
 const ESCAPES: &[(&str, &str, i32, &str, bool)] = &[
@@ -276,7 +252,7 @@ fn escapes_are_caught(test: &str, mode: impl Fn(&TestJob) -> Mode) {
         );
         if *killed {
             assert!(
-                ended_by(&rec).contains(&"killed".to_string()),
+                leftover_ended_by(&rec).contains(&"killed".to_string()),
                 "{what}: {rec}"
             );
         }
@@ -302,7 +278,10 @@ fn chasers_are_caught(test: &str, mode: impl Fn(&TestJob) -> Mode) {
         "took {:?}",
         start.elapsed()
     );
-    assert!(ended_by(&rec).contains(&"killed".to_string()), "{rec}");
+    assert!(
+        leftover_ended_by(&rec).contains(&"killed".to_string()),
+        "{rec}"
+    );
     assert!(rec["kill_passes"].as_u64().unwrap() >= 1, "{rec}");
 }
 
@@ -346,7 +325,7 @@ fn subreaper_bounded_fork_bomb() {
         &Mode::Subreaper,
         &["--json", "--grace", "0.3s", "--", "bash", &script],
     );
-    crate::escapes::join_before_exec(&mut cmd, net.as_deref());
+    join_before_exec(&mut cmd, net.as_deref());
     let o = run_bounded(cmd, Duration::from_secs(120));
     assert_eq!(code(&o), 0, "{}", stderr_of(&o));
     let s = t.survivors();
@@ -429,7 +408,7 @@ fn subreaper_leftovers_wait_and_forward_to_all() {
     assert!(t.survivors().is_empty());
     let rec = record_of(&o);
     assert!(
-        ended_by(&rec).iter().all(|e| e == "exited"),
+        leftover_ended_by(&rec).iter().all(|e| e == "exited"),
         "left to finish on their own: {rec}"
     );
 }
@@ -451,21 +430,8 @@ fn subreaper_reports_unkillable_processes() {
     let mut t = TestJob::new("sr-unkillable");
     let frz = t.v1_freezer();
     let _thaw = ThawOnDrop(frz.clone());
-    let script = t.script(
-        "job.sh",
-        &format!(
-            "bash -c 'echo $BASHPID > {}/cgroup.procs; echo $BASHPID > $TMPD/pids; exec sleep 1122 </dev/null >/dev/null 2>&1' & sleep 0.3; exit 0",
-            frz.display()
-        ),
-    );
-    let (frz2, tmp) = (frz.clone(), t.path("pids"));
-    let freezer = std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(10);
-        while !tmp.exists() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::fs::write(frz2.join("freezer.state"), "FROZEN").unwrap();
-    });
+    let script = t.script("job.sh", &joins_freezer_body(&frz, 1122));
+    let freezer = freeze_once_written(&frz, t.path("pids"));
     let o = run_bounded(
         run_in(
             &t,

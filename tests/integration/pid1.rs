@@ -3,7 +3,7 @@
 //! subreaper, the kernel drops signals that PID 1 has no handler for unless they are blocked,
 //! and /proc (mounted for the namespace) and cgroup.procs both speak namespace pids.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -27,6 +27,22 @@ fn in_pid_ns(t: &TestJob, mount_proc: bool, args: &[&str]) -> Command {
         .env("TMPD", t.dir.path())
         .stdin(Stdio::null());
     c
+}
+
+/// The arguments of a `--json` run of `bash SCRIPT` with a 1 s grace period.
+fn json_run_of(script: &str) -> [&str; 6] {
+    ["--json", "--grace", "1s", "--", "bash", script]
+}
+
+/// Start `in_pid_ns(t, true, args)`, its output piped, and wait until cgjob runs as PID 1 of the
+/// new namespace and the job has written `ready`; returns `unshare` and PID 1's outside pid.
+fn start_in_pid_ns(t: &TestJob, args: &[&str]) -> (Child, i32) {
+    let mut cmd = in_pid_ns(t, true, args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn unshare");
+    let pid1 = outer_pid1(t, child.id() as i32);
+    wait_file(t, "ready");
+    (child, pid1)
 }
 
 /// (comm, ppid) of a pid, as the test's /proc shows it.
@@ -103,14 +119,7 @@ fn pid1_status_leftovers_and_cleanup() {
          sleep 0.3\n\
          exit 3",
     );
-    let o = run_bounded(
-        in_pid_ns(
-            &t,
-            true,
-            &["--json", "--grace", "1s", "--", "bash", &script],
-        ),
-        LIMIT,
-    );
+    let o = run_bounded(in_pid_ns(&t, true, &json_run_of(&script)), LIMIT);
     assert_eq!(
         code(&o),
         3,
@@ -160,15 +169,7 @@ fn pid1_gets_signals_sent_from_outside_and_forwards_them() {
             "job.sh",
             &format!("{trap}\necho $$ > $TMPD/ready\nsleep 1000 & wait\nexit 42"),
         );
-        let mut cmd = in_pid_ns(
-            &t,
-            true,
-            &["--json", "--grace", "1s", "--", "bash", &script],
-        );
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn unshare");
-        let pid1 = outer_pid1(&t, child.id() as i32);
-        wait_file(&t, "ready");
+        let (mut child, pid1) = start_in_pid_ns(&t, &json_run_of(&script));
         let sent = Instant::now();
         signal_cgjob(pid1, libc::SIGTERM);
         let o = wait_bounded(&mut child, LIMIT);
@@ -210,14 +211,7 @@ done
 touch $TMPD/checked
 exit 0"#,
     );
-    let o = run_bounded(
-        in_pid_ns(
-            &t,
-            true,
-            &["--json", "--grace", "1s", "--", "bash", &script],
-        ),
-        LIMIT,
-    );
+    let o = run_bounded(in_pid_ns(&t, true, &json_run_of(&script)), LIMIT);
     assert_eq!(code(&o), 0, "{}", stderr_of(&o));
     assert_eq!(t.pids_in("pids").len(), 50, "50 orphans were started");
     assert!(t.path("checked").exists(), "the job checked its /proc");
@@ -240,14 +234,7 @@ exit 0"#,
 fn pid1_without_its_own_proc_reports_only_the_job() {
     let t = TestJob::new("pid1-hostproc");
     let script = t.script("job.sh", "sleep 1003 & sleep 0.3; exit 4");
-    let o = run_bounded(
-        in_pid_ns(
-            &t,
-            false,
-            &["--json", "--grace", "1s", "--", "bash", &script],
-        ),
-        LIMIT,
-    );
+    let o = run_bounded(in_pid_ns(&t, false, &json_run_of(&script)), LIMIT);
     assert_eq!(code(&o), 4);
     t.assert_clean();
     let rec = record_of(&o);
@@ -280,11 +267,7 @@ fn pid1_without_its_own_proc_reports_only_the_job() {
 fn pid1_killed_leaves_nothing_running_and_gc_removes_its_cgroup() {
     let t = TestJob::new("pid1-kill");
     let script = t.script("job.sh", "sleep 1004 & echo $! > $TMPD/ready\nwait");
-    let mut cmd = in_pid_ns(&t, true, &["--", "bash", &script]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn unshare");
-    let pid1 = outer_pid1(&t, child.id() as i32);
-    wait_file(&t, "ready");
+    let (mut child, pid1) = start_in_pid_ns(&t, &["--", "bash", &script]);
     assert_eq!(
         procs(&t.job_cgroup()).len(),
         2,
@@ -313,15 +296,7 @@ fn gc_outside_the_namespace_leaves_a_live_pid1_job_alone() {
         "job.sh",
         "trap 'echo term > $TMPD/got; exit 0' TERM\necho $$ > $TMPD/ready\nsleep 1005 & wait",
     );
-    let mut cmd = in_pid_ns(
-        &t,
-        true,
-        &["--json", "--grace", "1s", "--", "bash", &script],
-    );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn unshare");
-    let pid1 = outer_pid1(&t, child.id() as i32);
-    wait_file(&t, "ready");
+    let (mut child, pid1) = start_in_pid_ns(&t, &json_run_of(&script));
     let before = procs(&t.job_cgroup());
     assert_eq!(before.len(), 2, "bash and its sleep run in the job cgroup");
 

@@ -1,7 +1,6 @@
 //! Behaviour of `cgjob run`: birth in the cgroup, exit statuses, signal forwarding, timeouts,
 //! leftover policies, reports, unkillable processes, and `gc`.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -332,21 +331,10 @@ fn wait_policy_is_bounded_by_the_timeout() {
 fn unkillable_process_is_reported_and_its_cgroup_left_for_gc() {
     let mut t = TestJob::new("unkillable");
     let frz = t.v1_freezer();
-    let script = format!(
-        "bash -c 'echo $BASHPID > {}/cgroup.procs; echo $BASHPID > $TMPD/pids; exec sleep 1050 </dev/null >/dev/null 2>&1' & sleep 0.3; exit 0",
-        frz.display()
-    );
+    let script = joins_freezer_body(&frz, 1050);
     std::fs::write(t.path("job.sh"), &script).unwrap();
-    let frz2 = frz.clone();
-    let tmp = t.path("pids");
     // Freeze it as soon as it has joined.
-    let freezer = std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(10);
-        while !tmp.exists() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::fs::write(frz2.join("freezer.state"), "FROZEN").unwrap();
-    });
+    let freezer = freeze_once_written(&frz, t.path("pids"));
     let o = run_bounded(
         t.run_cmd(&[
             "--json",
@@ -406,17 +394,7 @@ fn gc_removes_only_stale_cgjob_cgroups() {
     xattr(&stale, &dead.to_string());
     let mut sleeper = std::process::Command::new("sleep");
     sleeper.arg("1060").env(MARKER_VAR, &t.marker);
-    let procs_file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(stale.join("cgroup.procs"))
-        .unwrap();
-    // SAFETY: only a write(2) on an open fd between fork and exec.
-    unsafe {
-        sleeper.pre_exec(move || {
-            use std::io::Write;
-            (&procs_file).write_all(b"0")
-        });
-    }
+    join_before_exec(&mut sleeper, Some(&stale));
     let mut sleeper = sleeper.spawn().unwrap();
     // A live job: its supervisor (this test process) runs.
     let live = t.parent.join("live");
@@ -489,17 +467,7 @@ fn an_existing_cgroup_of_that_name_is_refused_and_left_alone() {
     std::fs::create_dir(t.job_cgroup()).unwrap();
     let mut other = std::process::Command::new("sleep");
     other.arg("1061");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(t.job_cgroup().join("cgroup.procs"))
-        .unwrap();
-    // SAFETY: as above.
-    unsafe {
-        other.pre_exec(move || {
-            use std::io::Write;
-            (&f).write_all(b"0")
-        });
-    }
+    join_before_exec(&mut other, Some(&t.job_cgroup()));
     let mut other = other.spawn().unwrap();
     let o = run_bounded(t.run_cmd(&["--", "bash", "-c", "touch $TMPD/ran"]), LIMIT);
     assert_eq!(code(&o), 125);

@@ -320,6 +320,35 @@ fn assert_clean_but_shell(t: &TestJob, term: &Term) {
     );
 }
 
+/// Type `cmd` (a `cgjob run` of a bash job) at the prompt and wait until the job's main process
+/// has the terminal; returns (main, cgjob).
+fn start_in_foreground(term: &mut Term, t: &TestJob, cmd: &str) -> (i32, i32) {
+    term.line(cmd);
+    let (main, cgjob) = main_and_cgjob(term, t, "bash");
+    term.wait_until("the job to have the terminal", |term| {
+        term.foreground() == main
+    });
+    (main, cgjob)
+}
+
+/// Ctrl-Z: the shell reports the job stopped and prompts again.
+fn ctrl_z(term: &mut Term) {
+    term.send(b"\x1a");
+    term.expect("Stopped");
+    term.expect("$ ");
+}
+
+/// Ctrl-Z, then `bg`: wait until the job's main process and cgjob run again, in the
+/// background.
+fn stop_and_bg(term: &mut Term, main: i32, cgjob: i32) {
+    ctrl_z(term);
+    term.line("bg");
+    term.expect("$ ");
+    term.wait_until("the job to run in the background", |_| {
+        state_of(main) != Some('T') && state_of(cgjob) != Some('T')
+    });
+}
+
 const TICKER: &str = "bash -c 'while :; do echo tick; sleep 0.2; done'";
 
 #[test]
@@ -361,9 +390,7 @@ fn ctrl_z_stops_the_job_and_fg_resumes_it() {
     term.expect("tick\n");
     assert_eq!(term.foreground(), main, "the job has the terminal");
 
-    term.send(b"\x1a");
-    term.expect("Stopped");
-    term.expect("$ ");
+    ctrl_z(&mut term);
     term.wait_until("the job's main process to be stopped", |_| {
         state_of(main) == Some('T')
     });
@@ -407,13 +434,11 @@ fn ctrl_z_stops_the_job_and_fg_resumes_it() {
 fn the_job_reads_typed_input() {
     let t = TestJob::new("tty-read");
     let mut term = Term::start(&t);
-    term.line(
+    start_in_foreground(
+        &mut term,
+        &t,
         "\"$CGJOB\" run --parent \"$CGP\" --name job -- bash -c 'read line; echo \"got:$line\"; exit 7'",
     );
-    let (main, _) = main_and_cgjob(&mut term, &t, "bash");
-    term.wait_until("the job to have the terminal", |term| {
-        term.foreground() == main
-    });
     term.line("hello there");
     term.expect("got:hello there\n");
     term.expect("$ ");
@@ -428,22 +453,13 @@ fn the_job_reads_typed_input() {
 fn bg_then_reading_the_terminal_stops_the_job_and_fg_lets_it_read() {
     let t = TestJob::new("tty-bg");
     let mut term = Term::start(&t);
-    term.line(
+    let (main, cgjob) = start_in_foreground(
+        &mut term,
+        &t,
         "\"$CGJOB\" run --parent \"$CGP\" --name job -- bash -c \
          'until [ -e \"$TMPD/go\" ]; do sleep 0.1; done; read line; echo \"got:$line\"; exit 9'",
     );
-    let (main, cgjob) = main_and_cgjob(&mut term, &t, "bash");
-    term.wait_until("the job to have the terminal", |term| {
-        term.foreground() == main
-    });
-    term.send(b"\x1a");
-    term.expect("Stopped");
-    term.expect("$ ");
-    term.line("bg");
-    term.expect("$ ");
-    term.wait_until("the job to run in the background", |_| {
-        state_of(main) != Some('T') && state_of(cgjob) != Some('T')
-    });
+    stop_and_bg(&mut term, main, cgjob);
     assert_eq!(
         term.foreground(),
         term.shell_pid(),
@@ -504,9 +520,7 @@ fn started_in_background_then_fg_behaves_as_a_foreground_job() {
     term.line("fg");
     term.wait_until("ticks after fg", |_| ticks() >= 3);
 
-    term.send(b"\x1a");
-    term.expect("Stopped");
-    term.expect("$ ");
+    ctrl_z(&mut term);
     term.wait_until(
         &format!("the job's main process {main} to be stopped by Ctrl-Z (cgjob {cgjob})"),
         |_| state_of(main) == Some('T'),
@@ -531,22 +545,13 @@ fn started_in_background_then_fg_behaves_as_a_foreground_job() {
 fn a_job_ending_in_the_background_leaves_the_terminal_to_the_shell() {
     let t = TestJob::new("tty-bgend");
     let mut term = Term::start(&t);
-    term.line(
+    let (main, cgjob) = start_in_foreground(
+        &mut term,
+        &t,
         "\"$CGJOB\" run --parent \"$CGP\" --name job -- bash -c \
          'until [ -e \"$TMPD/go\" ]; do sleep 0.1; done; exit 5'",
     );
-    let (main, cgjob) = main_and_cgjob(&mut term, &t, "bash");
-    term.wait_until("the job to have the terminal", |term| {
-        term.foreground() == main
-    });
-    term.send(b"\x1a");
-    term.expect("Stopped");
-    term.expect("$ ");
-    term.line("bg");
-    term.expect("$ ");
-    term.wait_until("the job to run in the background", |_| {
-        state_of(main) != Some('T') && state_of(cgjob) != Some('T')
-    });
+    stop_and_bg(&mut term, main, cgjob);
 
     std::fs::write(t.path("go"), "").unwrap();
     term.wait_until("cgjob to end", |_| state_of(cgjob).is_none_or(|s| s == 'Z'));

@@ -253,6 +253,106 @@ impl Drop for TestJob {
     }
 }
 
+/// A v1 pids cgroup with `max`, as a fork-bomb safety net; `None` where v1 pids is not mounted.
+pub fn pids_net(t: &mut TestJob, max: u32) -> Option<PathBuf> {
+    let v1 = Path::new("/sys/fs/cgroup/pids");
+    if !v1.join("cgroup.procs").exists() {
+        return None;
+    }
+    let p = v1.join(format!("cgjob-test-{}", t.name));
+    std::fs::create_dir_all(&p).ok()?;
+    std::fs::write(p.join("pids.max"), max.to_string()).ok()?;
+    t.on_drop_remove(p.clone());
+    Some(p)
+}
+
+/// Make `cmd` join cgroup `cg` (v1 or v2) between fork and exec; nothing when `cg` is `None`.
+pub fn join_before_exec(cmd: &mut Command, cg: Option<&Path>) {
+    use std::os::unix::process::CommandExt;
+    let Some(cg) = cg else { return };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.join("cgroup.procs"))
+        .unwrap();
+    // SAFETY: only a write(2) on an already open fd between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::io::Write;
+            (&f).write_all(b"0")?;
+            Ok(())
+        });
+    }
+}
+
+/// Give `cmd` the descriptor limit (`RLIMIT_NOFILE`) `soft`:`hard`, set between fork and exec.
+pub fn limit_nofile_before_exec(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit between fork and exec, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A job script body that leaves behind a process that moves itself into the v1 freezer
+/// cgroup `frz`, writes its pid to `$TMPD/pids` and becomes `sleep SECS`; frozen there (see
+/// [`freeze_once_written`]), it survives every SIGKILL until thawed.
+pub fn joins_freezer_body(frz: &Path, secs: u32) -> String {
+    format!(
+        "bash -c 'echo $BASHPID > {}/cgroup.procs; echo $BASHPID > $TMPD/pids; exec sleep {secs} </dev/null >/dev/null 2>&1' & sleep 0.3; exit 0",
+        frz.display()
+    )
+}
+
+/// On a thread: freeze the v1 freezer cgroup `frz` as soon as file `ready` exists (the job
+/// writes it once its process has joined `frz`), or after 10 s without it.
+pub fn freeze_once_written(frz: &Path, ready: PathBuf) -> std::thread::JoinHandle<()> {
+    let frz = frz.to_owned();
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::write(frz.join("freezer.state"), "FROZEN").unwrap();
+    })
+}
+
+/// The guardian of the `cgjob run` supervisor `sup`: its child that is cgjob itself.
+pub fn guardian_of(sup: &Child) -> i32 {
+    std::fs::read_to_string(format!("/proc/{}/task/{0}/children", sup.id()))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p: &i32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "cgjob")
+        })
+        .expect("the guardian")
+}
+
+/// SIGKILL the guardian of supervisor `sup` and wait (bounded by `limit`) until it is gone
+/// (dead or a zombie). `sup` itself is left running.
+pub fn kill_guardian(sup: &Child, limit: Duration) {
+    let guardian = guardian_of(sup);
+    // SAFETY: kill of a process our own cgjob started, by pid.
+    unsafe { libc::kill(guardian, libc::SIGKILL) };
+    let end = Instant::now() + limit;
+    while state_of(guardian).is_some_and(|s| s != 'Z') {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for the guardian {guardian} to die"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Mount points of the cgroup v1 hierarchies holding any of `controllers`.
 pub fn v1_mounts(controllers: &[&str]) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
@@ -501,6 +601,16 @@ pub fn leftover_comms(rec: &serde_json::Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|l| l["comm"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// How each leftover of a record ended (`ended_by`).
+pub fn leftover_ended_by(rec: &serde_json::Value) -> Vec<String> {
+    rec["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ended_by"].as_str().unwrap().to_owned())
         .collect()
 }
 
