@@ -549,3 +549,36 @@ fn sleeps(cg: &Path) -> usize {
         })
         .count()
 }
+
+/// `cgjob job exec` ignores SIGPIPE for itself, but the command it becomes gets what cgjob was
+/// started with (here the default), or a `yes | head` in it would not end by SIGPIPE.
+#[test]
+fn exec_gives_the_command_the_sigpipe_cgjob_was_started_with() {
+    let t = TestJob::new("jsigpipe");
+    let o = run_bounded(
+        job(
+            &t,
+            &[
+                "exec",
+                "--create",
+                "--job-id",
+                "sp",
+                "--",
+                "grep",
+                "SigIgn",
+                "/proc/self/status",
+            ],
+        ),
+        LIMIT,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mask = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(
+        mask & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored in the command: {out}"
+    );
+    let o = run_bounded(job(&t, &["cleanup", "--job-id", "sp"]), LIMIT);
+    assert_eq!(code(&o), 0, "{}", stderr_of(&o));
+}
